@@ -1,0 +1,64 @@
+"""fedr: federated learning for R and Python.
+
+Federated averaging of Keras models over simulated clients (McMahan et al.
+2016), with TensorFlow Federated's names for the building blocks.  TensorFlow
+is imported only when a model or a computation needs it: ``import fedr`` is
+quick, and ``fedr.learning`` loads on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fedr import aggregators, datasets, errors
+from fedr.computations import (
+    CLIENTS,
+    SERVER,
+    Computation,
+    FederatedType,
+    FederatedValue,
+    Placement,
+    SequenceType,
+    TensorType,
+    federated_broadcast,
+    federated_computation,
+    federated_map,
+    federated_mean,
+    federated_sum,
+    tf_computation,
+)
+from fedr.errors import FedError, FedTypeError, FedValueError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CLIENTS",
+    "SERVER",
+    "Computation",
+    "FedError",
+    "FedTypeError",
+    "FedValueError",
+    "FederatedType",
+    "FederatedValue",
+    "Placement",
+    "SequenceType",
+    "TensorType",
+    "aggregators",
+    "datasets",
+    "errors",
+    "federated_broadcast",
+    "federated_computation",
+    "federated_map",
+    "federated_mean",
+    "federated_sum",
+    "learning",
+    "tf_computation",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # fedr.learning imports TensorFlow (about 2 s): load it on first use only.
+    if name == "learning":
+        return importlib.import_module("fedr.learning")
+    raise AttributeError(f"module 'fedr' has no attribute {name!r}")

@@ -1,0 +1,189 @@
+"""Models and optimizers for federated learning: Keras models wrapped with their loss and metrics.
+
+``from_keras_model`` plays the role of TFF's ``tff.learning.from_keras_model``:
+it pairs a freshly built Keras model with the loss and metrics that local
+training optimises and reports.  The federated process calls the user's
+``model_fn`` to build it, as in the reference article.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedr.errors import FedTypeError, FedValueError
+
+__all__ = ["Model", "from_keras_model", "optimizer_fn"]
+
+
+@dataclass(frozen=True, eq=False)
+class Model:
+    """A Keras model with its loss, metrics and the feature shape it takes."""
+
+    keras_model: Any
+    loss: Any
+    metrics: tuple[Any, ...]
+    feature_shape: tuple[int, ...]
+
+    @property
+    def trainable_variables(self) -> list[Any]:
+        """The variables local training updates."""
+        return list(self.keras_model.trainable_variables)
+
+    @property
+    def non_trainable_variables(self) -> list[Any]:
+        """Variables kept but not trained (e.g. batch-norm statistics)."""
+        return list(self.keras_model.non_trainable_variables)
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Names of the metrics, as reported per round."""
+        return [m.name for m in self.metrics]
+
+    def __repr__(self) -> str:
+        n = sum(int(np.prod(v.shape)) for v in self.trainable_variables)
+        return (
+            f"Model(input={self.feature_shape}, trainable_params={n}, "
+            f"loss={getattr(self.loss, 'name', self.loss)}, metrics={self.metric_names})"
+        )
+
+
+def _feature_shape(input_spec: Any, dummy_batch: Any) -> tuple[int, ...] | None:
+    if dummy_batch is not None:
+        if isinstance(dummy_batch, Mapping):
+            x = dummy_batch.get("x")
+        elif isinstance(dummy_batch, Sequence) and len(dummy_batch) == 2:
+            x = dummy_batch[0]
+        else:
+            x = None
+        if x is None:
+            raise FedTypeError(
+                "dummy_batch: expected a batch with an 'x' entry (OrderedDict(x=, y=)), "
+                f"got {type(dummy_batch).__name__}"
+            )
+        shape = np.shape(x)
+        if len(shape) < 2:
+            raise FedValueError(f"dummy_batch: x must be a batch of rank >= 2, got shape {shape}")
+        return tuple(int(d) for d in shape[1:])
+    if input_spec is not None:
+        spec = input_spec.get("x") if isinstance(input_spec, Mapping) else input_spec
+        if isinstance(spec, Sequence) and not isinstance(spec, Mapping):
+            if spec and not isinstance(spec[0], (int, np.integer)) and spec[0] is not None:
+                spec = spec[0]  # (x_spec, y_spec)
+        shape = tuple(getattr(spec, "shape", spec))
+        # A TensorSpec has a batch dimension; a bare shape does not.
+        if hasattr(spec, "shape"):
+            shape = shape[1:]
+        return tuple(int(d) for d in shape)
+    return None
+
+
+def _as_metric(metric: Any) -> Any:
+    import keras
+
+    if isinstance(metric, keras.metrics.Metric):
+        return metric
+    if isinstance(metric, str) or callable(metric):
+        fn = keras.metrics.get(metric)
+        if isinstance(fn, keras.metrics.Metric):
+            return fn
+        name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
+        return keras.metrics.MeanMetricWrapper(fn, name=name)
+    raise FedTypeError(f"metrics: expected Keras metrics or their names, got {type(metric).__name__}")
+
+
+def from_keras_model(
+    keras_model: Any,
+    loss: Any,
+    metrics: Sequence[Any] | Any = None,
+    input_spec: Any = None,
+    dummy_batch: Any = None,
+) -> Model:
+    """Wrap a Keras model for federated training.
+
+    Args:
+        keras_model: A ``keras.Model`` built freshly by the caller's ``model_fn``.
+        loss: A Keras loss object, function or name.
+        metrics: Keras metrics (objects or names), reported per round.
+        input_spec: The shape of one example's features, or a ``tf.TensorSpec``
+            of a batch (or a dict with such an ``x``).
+        dummy_batch: A sample batch ``OrderedDict(x=, y=)``; used to build the model
+            and to infer the input shape when ``input_spec`` is not given.
+
+    Returns:
+        A :class:`Model`.
+
+    Raises:
+        FedTypeError: ``keras_model`` is not a Keras model, or ``loss`` or
+            ``metrics`` cannot be resolved.
+        FedValueError: the input shape cannot be determined.
+    """
+    import keras
+
+    if not isinstance(keras_model, keras.Model):
+        raise FedTypeError(f"keras_model: expected a keras.Model, got {type(keras_model).__name__}")
+    try:
+        loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    except ValueError as err:
+        raise FedTypeError(f"loss: unknown Keras loss {loss!r} ({err})") from None
+    if not callable(loss_fn):
+        raise FedTypeError(f"loss: expected a Keras loss, got {type(loss).__name__}")
+    if metrics is None:
+        metrics = []
+    elif not isinstance(metrics, (list, tuple)):
+        metrics = [metrics]
+    metric_objs = tuple(_as_metric(m) for m in metrics)
+    names = [m.name for m in metric_objs]
+    if len(set(names)) != len(names) or {"loss", "num_examples", "num_clients"} & set(names):
+        raise FedValueError(f"metrics: names must be unique and not reserved, got {names}")
+
+    shape = _feature_shape(input_spec, dummy_batch)
+    if shape is None:
+        try:
+            shape = tuple(int(d) for d in keras_model.input_shape[1:])
+        except (AttributeError, ValueError, TypeError):
+            raise FedValueError(
+                "input_spec: the model has no input shape; give input_spec or dummy_batch"
+            ) from None
+    if not keras_model.built:
+        keras_model.build((None, *shape))
+    return Model(keras_model, loss_fn, metric_objs, shape)
+
+
+_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam"}
+
+
+def optimizer_fn(name: str, learning_rate: float, **kwargs: Any) -> Callable[[], Any]:
+    """Return a function that builds a fresh Keras optimizer.
+
+    Args:
+        name: ``"sgd"`` (options ``momentum``, ``nesterov``) or ``"adam"``
+            (options ``beta_1``, ``beta_2``, ``epsilon``).
+        learning_rate: A positive learning rate.
+        **kwargs: Further options of the Keras optimizer.
+
+    Returns:
+        A zero-argument callable, as ``client_optimizer_fn`` and
+        ``server_optimizer_fn`` expect.
+
+    Raises:
+        FedValueError: unknown name or a non-positive learning rate.
+    """
+    key = str(name).lower()
+    if key not in _OPTIMIZERS:
+        raise FedValueError(f"name: expected one of {sorted(_OPTIMIZERS)}, got {name!r}")
+    lr = float(learning_rate)
+    if not np.isfinite(lr) or lr <= 0:
+        raise FedValueError(f"learning_rate: expected a positive number, got {learning_rate!r}")
+
+    def build() -> Any:
+        import keras
+
+        return getattr(keras.optimizers, _OPTIMIZERS[key])(learning_rate=lr, **kwargs)
+
+    build.__name__ = f"{key}_optimizer"
+    build()  # fail now, not in the first round, on a bad option
+    return build

@@ -1,0 +1,105 @@
+"""Federated building blocks: the reference article's numbers, operators and type errors."""
+
+import re
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+import fedr  # noqa: E402
+from fedr import computations as fc  # noqa: E402
+
+
+def _local_average(dataset):
+    sum_and_count = dataset.reduce((0.0, 0.0), lambda acc, y: (acc[0] + y, acc[1] + 1))
+    return sum_and_count[0] / tf.cast(sum_and_count[1], tf.float32)
+
+
+@pytest.fixture(scope="module")
+def local_average():
+    return fedr.tf_computation(_local_average, fedr.SequenceType(tf.float32))
+
+
+@pytest.fixture(scope="module")
+def global_average(local_average):
+    return fedr.federated_computation(
+        lambda readings: fedr.federated_mean(fedr.federated_map(local_average, readings)),
+        fedr.FederatedType(fedr.SequenceType(tf.float32), fedr.CLIENTS),
+    )
+
+
+def test_local_average_of_reference_is_2(local_average):
+    assert local_average([1, 2, 3]) == 2.0
+
+
+def test_global_average_of_reference_is_7(global_average):
+    assert global_average([[1, 1, 1], [13]]) == 7.0
+
+
+def test_weighted_federated_mean():
+    value = fc.FederatedValue([1.0, 2.0], fedr.CLIENTS)
+    weight = fc.FederatedValue([1.0, 3.0], fedr.CLIENTS)
+    assert fedr.federated_mean(value, weight).members[0] == pytest.approx(1.75)
+    assert fedr.federated_mean(value).members[0] == pytest.approx(1.5)
+
+
+def test_sum_and_broadcast():
+    total = fedr.federated_sum([np.array([1.0, 2.0]), np.array([3.0, 4.0])])
+    assert total.placement is fedr.SERVER
+    np.testing.assert_array_equal(total.members[0], [4.0, 6.0])
+    sent = fedr.federated_broadcast(total)
+    assert sent.placement is fedr.CLIENTS and sent.all_equal
+
+
+def test_decorator_form_and_dataset_ops():
+    @fedr.tf_computation(fedr.SequenceType("float32"))
+    def count_large(ds):
+        return ds.filter(lambda v: v > 2.0).map(lambda v: v * 2.0).reduce(0.0, lambda a, v: a + v)
+
+    assert count_large([1, 2, 3, 4]) == 14.0
+
+
+def test_server_placed_argument():
+    double = fedr.federated_computation(
+        lambda v: fedr.federated_broadcast(v), fedr.FederatedType("float32", "server")
+    )
+    assert double(2.5) == 2.5
+
+
+@pytest.mark.parametrize(
+    ("value", "given"),
+    [
+        (["a", "b"], "list[str]"),
+        ("abc", "str"),
+        ([[1, 2], [3]], "list[list[int]]"),
+        (5, "int"),
+    ],
+)
+def test_sequence_type_mismatch_names_both_types(local_average, value, given):
+    with pytest.raises(TypeError, match=rf"expected float32\*, got {re.escape(given)}"):
+        local_average(value)
+
+
+def test_federated_type_mismatch_names_client(global_average):
+    with pytest.raises(TypeError, match=r"client 1: expected float32\*, got int"):
+        global_average([[1.0], 2])
+    with pytest.raises(fedr.FedTypeError, match=r"expected \{float32\*\}@CLIENTS, got str"):
+        global_average("not clients")
+
+
+def test_wrong_type_spec_kinds():
+    with pytest.raises(TypeError, match="non-federated type"):
+        fedr.tf_computation(_local_average, fedr.FederatedType("float32", fedr.CLIENTS))
+    with pytest.raises(TypeError, match="takes a FederatedType"):
+        fedr.federated_computation(lambda v: v, fedr.SequenceType("float32"))
+    with pytest.raises(TypeError, match="dtype: expected one of"):
+        fedr.SequenceType("float33")
+
+
+def test_weighted_mean_rejects_bad_weights():
+    with pytest.raises(ValueError, match="weight: expected finite non-negative"):
+        fedr.federated_mean([1.0, 2.0], [1.0, -1.0])
+    with pytest.raises(ValueError, match="weight: expected 2 scalar weights"):
+        fedr.federated_mean([1.0, 2.0], [1.0, 2.0, 3.0])
+
