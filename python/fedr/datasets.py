@@ -1,0 +1,616 @@
+"""Load MNIST-like datasets, split them over clients and batch them as the reference does.
+
+The reference workflow (a first look at federated learning with TensorFlow,
+reproducing McMahan et al. 2016, "Communication-Efficient Learning of Deep
+Networks from Decentralized Data") gives each of 10 clients a sequential 10%
+range of Kuzushiji-MNIST (Clanuwat et al. 2018) as a list of
+``OrderedDict(x=float32 (100, 784) in [0, 1], y=labels)`` batches. fedr keeps
+that structure available (:func:`to_batches`) but trains on :class:`ClientData`,
+one contiguous array per client plus batch offsets, so no Python object exists
+per batch. Besides sequential ranges, clients can be split IID or with label
+skew drawn from a Dirichlet distribution (Hsu et al. 2019, "Measuring the
+Effects of Non-Identical Data Distribution for Federated Visual Classification").
+
+The default dataset is Fashion-MNIST (Xiao et al. 2017) from Debian's
+``dataset-fashion-mnist`` package, the same shape as Kuzushiji-MNIST. The file
+readers and loaders live in :mod:`fedr._idx` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import pairwise
+from typing import Any, Literal
+
+import numpy as np
+
+from fedr._idx import (
+    FASHION_MNIST_CLASSES,
+    KMNIST_CLASSES,
+    Dataset,
+    DatasetNotFoundError,
+    _describe,
+    load_dataset,
+    load_fashion_mnist,
+    load_kmnist,
+    read_idx,
+    read_npz,
+)
+from fedr.errors import FedTypeError, FedValueError
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "KMNIST_CLASSES",
+    "ClientData",
+    "Dataset",
+    "DatasetNotFoundError",
+    "as_client_data",
+    "label_distribution",
+    "load_dataset",
+    "load_fashion_mnist",
+    "load_kmnist",
+    "make_clients",
+    "make_federated_data",
+    "prepare_images",
+    "read_idx",
+    "read_npz",
+    "split_indices",
+    "to_batches",
+]
+
+SplitMethod = Literal["sequential", "iid", "dirichlet"]
+Seed = int | np.random.Generator | None
+Batch = OrderedDict[str, np.ndarray]
+
+_SPLIT_METHODS = ("sequential", "iid", "dirichlet")
+_DIRICHLET_TRIES = 1000
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def prepare_images(x: Any) -> np.ndarray:
+    """Flatten images to float32 rows, scaling integer pixels to [0, 1].
+
+    As the reference does: cast to float32, reshape to ``(n, 784)``, divide by 255.
+
+    Args:
+        x: images of shape ``(n, ...)``; integers (pixels 0..255) are divided by
+            255, floats are kept as they are.
+
+    Returns:
+        A C-contiguous float32 array of shape ``(n, prod(x.shape[1:]))``.
+
+    Raises:
+        FedTypeError: ``x`` is not numeric.
+        FedValueError: ``x`` has fewer than 2 dimensions, integer pixels outside
+            0..255 or non-finite floats.
+    """
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise FedValueError(
+            f"`x` must have shape (n, ...) with at least 2 dimensions; got shape {x.shape}"
+        )
+    flat = x.reshape(len(x), int(np.prod(x.shape[1:], dtype=np.int64)))
+    if np.issubdtype(x.dtype, np.integer):
+        if x.dtype != np.uint8 and x.size and (flat.min() < 0 or flat.max() > 255):
+            raise FedValueError(
+                f"`x` integer pixels must be in 0..255; got values in {flat.min()}..{flat.max()}"
+            )
+        out = flat.astype(np.float32)
+        np.divide(out, np.float32(255), out=out)
+        return out
+    if np.issubdtype(x.dtype, np.floating):
+        out = np.ascontiguousarray(flat, dtype=np.float32)
+        _check_finite(out, "`x`")
+        return out
+    raise FedTypeError(f"`x` must be an integer or float array; got dtype {x.dtype}")
+
+
+def _check_finite(array: np.ndarray, what: str) -> None:
+    # min/max propagate NaN and expose inf without allocating a boolean mask.
+    if array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):
+        raise FedValueError(f"{what} has non-finite values (NaN or inf)")
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise FedValueError(f"`{name}` must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def _labels_1d(y: Any, what: str) -> np.ndarray:
+    """Return ``y`` as int64 labels; whole-number floats such as ``[0., 9.]`` are accepted."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise FedValueError(f"{what} must be 1-D labels; got shape {y.shape}")
+    if np.issubdtype(y.dtype, np.floating):
+        if y.size and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+            raise FedValueError(f"{what} must hold whole-number labels; got non-integer floats")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise FedTypeError(f"{what} must be integer labels; got dtype {y.dtype}")
+    if y.size and y.min() < 0:
+        raise FedValueError(f"{what} must hold non-negative labels; got {y.min()}")
+    return y.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def split_indices(
+    y_or_n: Any,
+    n_clients: int,
+    method: SplitMethod = "sequential",
+    *,
+    seed: Seed = None,
+    alpha: float = 0.5,
+    min_size: int = 1,
+) -> list[np.ndarray]:
+    """Split example indices over clients.
+
+    Args:
+        y_or_n: the labels (1-D), or the number of examples when the method
+            needs no labels.
+        n_clients: number of clients, 1..n.
+        method: ``"sequential"``: client i gets the i-th of ``n_clients``
+            contiguous ranges in file order (boundaries ``floor(i * n / n_clients)``),
+            as the reference's 10% ranges; ``"iid"``: a seeded permutation cut
+            into the same sizes, each client's indices in shuffled order;
+            ``"dirichlet"``: label skew, each class's examples shared over clients
+            in proportions drawn from ``Dir(alpha)``, each client's indices in file
+            order.
+        seed: seed of ``np.random.default_rng``; the same seed gives the same split,
+            None fresh randomness. Unused by ``"sequential"``.
+        alpha: Dirichlet concentration; small values give few classes per client,
+            large values approach IID.
+        min_size: ``"dirichlet"`` redraws until every client has this many examples.
+
+    Returns:
+        One int64 index array per client.
+
+    Raises:
+        FedValueError: an argument is out of range, ``"dirichlet"`` got no labels,
+            or no draw gave every client ``min_size`` examples.
+    """
+    if method not in _SPLIT_METHODS:
+        raise FedValueError(
+            f"`method` must be one of 'sequential', 'iid', 'dirichlet'; got {method!r}"
+        )
+    labels = None
+    if isinstance(y_or_n, int | np.integer) and not isinstance(y_or_n, bool):
+        n = int(y_or_n)
+        if n < 1:
+            raise FedValueError(
+                f"`y_or_n` must be labels or a positive number of examples; got {n}"
+            )
+    else:
+        labels = np.asarray(y_or_n)
+        n = len(labels) if labels.ndim else 0
+        if n < 1:
+            raise FedValueError(f"`y_or_n` must hold at least one label; got shape {labels.shape}")
+    n_clients = _positive_int(n_clients, "n_clients")
+    if n_clients > n:
+        raise FedValueError(
+            f"`n_clients` must be at most the number of examples ({n}); got {n_clients}"
+        )
+    ranges = list(pairwise((np.arange(n_clients + 1, dtype=np.int64) * n // n_clients).tolist()))
+    if method == "sequential":
+        return [np.arange(a, b, dtype=np.int64) for a, b in ranges]
+    rng = np.random.default_rng(seed)
+    if method == "iid":
+        order = rng.permutation(n).astype(np.int64)
+        return [order[a:b].copy() for a, b in ranges]
+    if labels is None:
+        raise FedValueError(f"`method` 'dirichlet' needs labels in `y_or_n`; got the count {n}")
+    if not (isinstance(alpha, int | float | np.number) and alpha > 0 and np.isfinite(alpha)):
+        raise FedValueError(f"`alpha` must be a positive finite number; got {alpha!r}")
+    if isinstance(min_size, bool) or not isinstance(min_size, int | np.integer) or min_size < 0:
+        raise FedValueError(f"`min_size` must be a non-negative integer; got {min_size!r}")
+    if min_size * n_clients > n:
+        raise FedValueError(
+            f"`min_size` times `n_clients` ({min_size} x {n_clients}) exceeds the {n} examples"
+        )
+    return _dirichlet_split(
+        _labels_1d(labels, "`y_or_n`"), n_clients, rng, float(alpha), int(min_size)
+    )
+
+
+def _dirichlet_split(
+    labels: np.ndarray, n_clients: int, rng: np.random.Generator, alpha: float, min_size: int
+) -> list[np.ndarray]:
+    # Group indices by class once; each try reshuffles within classes and redraws proportions.
+    order = np.argsort(labels, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(labels[order]) != 0])
+    groups = np.split(order.astype(np.int64), starts[1:])
+    for _ in range(_DIRICHLET_TRIES):
+        parts: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+        for group in groups:
+            group = rng.permutation(group)
+            shares = rng.dirichlet(np.full(n_clients, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(group)).astype(np.int64)
+            for client, piece in enumerate(np.split(group, np.clip(cuts, 0, len(group)))):
+                parts[client].append(piece)
+        clients = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(c) for c in clients) >= min_size:
+            return clients
+    raise FedValueError(
+        f"`method` 'dirichlet' gave some client fewer than {min_size} examples in "
+        f"{_DIRICHLET_TRIES} draws with alpha={alpha}; raise `alpha` or lower `n_clients`"
+    )
+
+
+# --------------------------------------------------------------------------- client data
+
+
+class ClientData:
+    """One client's examples as contiguous arrays plus batch offsets.
+
+    Batch ``i`` is rows ``offsets[i]:offsets[i + 1]`` of ``x`` and ``y``, so
+    training walks batches without a Python object per batch; :meth:`batches`
+    gives the reference's list of ``OrderedDict(x=..., y=...)`` as views.
+
+    Args:
+        x: features ``(n, *feature_shape)``; float32 C-contiguous input is kept
+            without a copy, other int/float dtypes are converted once (not scaled:
+            see :func:`prepare_images`).
+        y: 1-D labels (ints, or whole-number floats such as the reference's
+            ``[0. 9. 8. ...]``), stored as int32; or 2-D float targets ``(n, k)``,
+            stored as float32.
+        batch_size: rows per batch, the last batch smaller if ``n`` is not a
+            multiple. Give this or ``offsets``; neither gives one batch of all rows.
+        offsets: batch boundaries, from 0 to ``n``, strictly increasing.
+        client_id: the client's name, used in messages.
+
+    Raises:
+        FedTypeError: an argument has the wrong type.
+        FedValueError: a shape, value or offset is wrong; the message names the client.
+    """
+
+    __slots__ = ("_client_id", "_offsets", "_x", "_y")
+
+    def __init__(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        batch_size: int | None = None,
+        offsets: Any = None,
+        client_id: str = "client_0",
+    ) -> None:
+        if not isinstance(client_id, str):
+            raise FedTypeError(f"`client_id` must be a str; got {type(client_id).__name__}")
+        self._client_id = client_id
+        self._x, self._y, self._offsets = _validate_client(x, y, batch_size, offsets, client_id)
+
+    @classmethod
+    def from_batches(cls, batches: Sequence[Any], client_id: str = "client_0") -> ClientData:
+        """Build a client from the reference's list of batches, concatenating once.
+
+        Args:
+            batches: a list of dicts / ``OrderedDict`` with keys ``x`` and ``y``, or of
+                ``(x, y)`` tuples. A batch's ``x`` may be flat ``(B, 784)`` or images.
+            client_id: the client's name.
+
+        Returns:
+            The client, with one offset per batch.
+
+        Raises:
+            FedTypeError: ``batches`` or a batch has the wrong type.
+            FedValueError: no batches, a batch is empty or its ``x`` and ``y``
+                lengths differ, or batches have different feature shapes.
+        """
+        where = f"client {client_id!r}"
+        if not isinstance(batches, list | tuple):
+            raise FedTypeError(f"{where}: expected a list of batches; got {type(batches).__name__}")
+        if not batches:
+            raise FedValueError(f"{where}: has no batches")
+        xs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
+        for i, batch in enumerate(batches):
+            if isinstance(batch, Mapping):
+                if "x" not in batch or "y" not in batch:
+                    raise FedValueError(
+                        f"{where}: batch {i} has keys {list(batch)}, expected 'x' and 'y'"
+                    )
+                bx, by = np.asarray(batch["x"]), np.asarray(batch["y"])
+            elif isinstance(batch, tuple) and len(batch) == 2:
+                bx, by = np.asarray(batch[0]), np.asarray(batch[1])
+            else:
+                raise FedTypeError(
+                    f"{where}: batch {i} must be a dict with keys 'x' and 'y' or an (x, y) tuple; "
+                    f"got {type(batch).__name__}"
+                )
+            if bx.ndim < 2:
+                raise FedValueError(
+                    f"{where}: batch {i} has x of shape {bx.shape}, expected (B, ...)"
+                )
+            if xs and bx.shape[1:] != xs[0].shape[1:]:
+                raise FedValueError(
+                    f"{where}: batch {i} has x rows of shape {bx.shape[1:]}, batch 0 {xs[0].shape[1:]}"
+                )
+            if by.ndim < 1 or len(bx) != len(by):
+                raise FedValueError(
+                    f"{where}: batch {i} has x of shape {bx.shape} but y of shape {by.shape}"
+                )
+            if len(bx) == 0:
+                raise FedValueError(f"{where}: batch {i} is empty")
+            xs.append(bx)
+            ys.append(by)
+        offsets = np.cumsum([0] + [len(b) for b in xs], dtype=np.int64)
+        x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+        y = ys[0] if len(ys) == 1 else np.concatenate(ys)
+        return cls(x, y, offsets=offsets, client_id=client_id)
+
+    @property
+    def x(self) -> np.ndarray:
+        """Features, float32 C-contiguous ``(n, *feature_shape)``."""
+        return self._x
+
+    @property
+    def y(self) -> np.ndarray:
+        """Labels, int32 ``(n,)``, or float32 targets ``(n, k)``."""
+        return self._y
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Batch boundaries, read-only int64 ``(num_batches + 1,)`` from 0 to n."""
+        return self._offsets
+
+    @property
+    def client_id(self) -> str:
+        """The client's name."""
+        return self._client_id
+
+    @property
+    def num_examples(self) -> int:
+        """Number of rows."""
+        return int(self._x.shape[0])
+
+    @property
+    def num_batches(self) -> int:
+        """Number of batches."""
+        return len(self._offsets) - 1
+
+    @property
+    def batch_size(self) -> int:
+        """Size of the first batch (the others are no larger only if built with ``batch_size``)."""
+        return int(self._offsets[1] - self._offsets[0])
+
+    def batches(self) -> list[Batch]:
+        """Return the reference's list of ``OrderedDict(x=..., y=...)`` batches (views, not copies)."""
+        return [
+            OrderedDict(x=self._x[a:b], y=self._y[a:b]) for a, b in pairwise(self._offsets.tolist())
+        ]
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.batches())
+
+    def __repr__(self) -> str:
+        return (
+            f"ClientData(client_id={self._client_id!r}, num_examples={self.num_examples}, "
+            f"num_batches={self.num_batches}, batch_size={self.batch_size}, "
+            f"x={_describe(self._x)}, y={_describe(self._y)})"
+        )
+
+
+def _validate_client(
+    x: Any, y: Any, batch_size: int | None, offsets: Any, client_id: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Convert and check a client's arrays and batch offsets, naming the client in errors."""
+    where = f"client {client_id!r}"
+    x, y = np.asarray(x), np.asarray(y)
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise FedTypeError(f"{where}: x must be a float or integer array; got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise FedValueError(
+            f"{where}: x must have at least 2 dimensions (n, ...); got shape {x.shape}"
+        )
+    if y.ndim not in (1, 2):
+        raise FedValueError(f"{where}: y must be 1-D labels or 2-D targets; got shape {y.shape}")
+    if len(x) != len(y):
+        raise FedValueError(f"{where}: x has {len(x)} rows but y has {len(y)}")
+    n = len(x)
+    if n == 0:
+        raise FedValueError(f"{where}: has no examples")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    _check_finite(x, f"{where}: x")
+    if y.ndim == 1:
+        labels = _labels_1d(y, f"{where}: y")
+        if labels.max() > np.iinfo(np.int32).max:
+            raise FedValueError(f"{where}: y has labels beyond int32; got {labels.max()}")
+        y = labels.astype(np.int32)
+    else:
+        if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
+            raise FedTypeError(f"{where}: y must be a float or integer array; got dtype {y.dtype}")
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        _check_finite(y, f"{where}: y")
+    if batch_size is not None and offsets is not None:
+        raise FedValueError(f"{where}: give `batch_size` or `offsets`, not both")
+    if batch_size is not None:
+        size = _positive_int(batch_size, "batch_size")
+        offsets = np.append(np.arange(0, n, size, dtype=np.int64), n)
+    elif offsets is None:
+        offsets = np.array([0, n], dtype=np.int64)
+    else:
+        raw = np.asarray(offsets)
+        if raw.ndim != 1 or len(raw) < 2 or not np.issubdtype(raw.dtype, np.integer):
+            raise FedValueError(
+                f"{where}: offsets must be 1-D integers with at least 2 entries; "
+                f"got dtype {raw.dtype} shape {raw.shape}"
+            )
+        offsets = raw.astype(np.int64)
+        if offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) <= 0).any():
+            raise FedValueError(
+                f"{where}: offsets must increase strictly from 0 to {n}; got {offsets.tolist()}"
+            )
+    offsets.flags.writeable = False
+    return x, y, offsets
+
+
+def as_client_data(data: Any, *, batch_size: int | None = None) -> list[ClientData]:
+    """Convert any accepted form of federated data to a list of clients.
+
+    Args:
+        data: a :class:`ClientData`; a list of them; the reference structure (a
+            list over clients of lists of ``{x, y}`` batches); or a list of
+            ``(x, y)`` array pairs, one per client. Forms may be mixed per client.
+        batch_size: batch size of clients given as ``(x, y)`` pairs; None makes one
+            batch of all their rows.
+
+    Returns:
+        One :class:`ClientData` per client; ids default to ``client_<i>``.
+
+    Raises:
+        FedTypeError: ``data`` is of none of these forms.
+        FedValueError: ``data`` is an empty list, or a client's data is invalid.
+    """
+    expected = (
+        "expected a ClientData, a list of ClientData, a list over clients of lists of "
+        "{'x', 'y'} batches, or a list of (x, y) pairs"
+    )
+    if isinstance(data, ClientData):
+        return [data]
+    if not isinstance(data, list | tuple):
+        raise FedTypeError(f"{expected}; got {type(data).__name__}")
+    if not data:
+        raise FedValueError("expected at least one client; got an empty list")
+    clients = []
+    for i, item in enumerate(data):
+        client_id = f"client_{i}"
+        if isinstance(item, ClientData):
+            clients.append(item)
+        elif _is_pair(item):
+            clients.append(ClientData(item[0], item[1], batch_size=batch_size, client_id=client_id))
+        elif isinstance(item, list | tuple):
+            clients.append(ClientData.from_batches(item, client_id=client_id))
+        else:
+            raise FedTypeError(
+                f"{expected}; got {type(data).__name__} whose item {i} is {type(item).__name__}"
+            )
+    return clients
+
+
+def _is_pair(item: Any) -> bool:
+    # A client's list of batches holds dicts or tuples; an (x, y) pair holds neither.
+    return (
+        isinstance(item, list | tuple)
+        and len(item) == 2
+        and not any(isinstance(part, Mapping | tuple) for part in item)
+    )
+
+
+def make_clients(
+    x: Any,
+    y: Any,
+    n_clients: int = 10,
+    method: SplitMethod = "sequential",
+    *,
+    batch_size: int = 100,
+    seed: Seed = None,
+    alpha: float = 0.5,
+) -> list[ClientData]:
+    """Split images and labels over clients and batch them, as the reference's workflow does.
+
+    Args:
+        x: images ``(n, ...)``, prepared once with :func:`prepare_images`.
+        y: labels ``(n,)``.
+        n_clients: number of clients.
+        method: ``"sequential"``, ``"iid"`` or ``"dirichlet"``; see :func:`split_indices`.
+        batch_size: rows per batch, in order; a client's last batch may be smaller.
+        seed: seed of the random splits.
+        alpha: Dirichlet concentration of ``"dirichlet"``.
+
+    Returns:
+        One :class:`ClientData` per client, ids ``client_0`` ... Sequential clients
+        are views of one prepared array.
+
+    Raises:
+        FedValueError: lengths differ or an argument is out of range.
+    """
+    batch_size = _positive_int(batch_size, "batch_size")
+    xs = prepare_images(x)
+    y = np.asarray(y)
+    if y.ndim == 0 or len(y) != len(xs):
+        raise FedValueError(f"`x` has {len(xs)} rows but `y` has shape {y.shape}")
+    parts = split_indices(y, n_clients, method, seed=seed, alpha=alpha)
+    clients = []
+    for i, index in enumerate(parts):
+        # Contiguous ranges are sliced, so sequential clients share the prepared array.
+        rows = slice(int(index[0]), int(index[-1]) + 1) if method == "sequential" else index
+        clients.append(
+            ClientData(xs[rows], y[rows], batch_size=batch_size, client_id=f"client_{i}")
+        )
+    return clients
+
+
+def make_federated_data(
+    dataset: Dataset,
+    n_clients: int = 10,
+    method: SplitMethod = "sequential",
+    *,
+    batch_size: int = 100,
+    seed: Seed = None,
+    alpha: float = 0.5,
+    split: Literal["train", "test"] = "train",
+) -> list[ClientData]:
+    """Split one split of a :class:`Dataset` over clients; see :func:`make_clients`.
+
+    Args:
+        dataset: a loaded dataset.
+        n_clients, method, batch_size, seed, alpha: as in :func:`make_clients`.
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        One :class:`ClientData` per client.
+
+    Raises:
+        FedTypeError: ``dataset`` is not a Dataset.
+        FedValueError: ``split`` or another argument is out of range.
+    """
+    if not isinstance(dataset, Dataset):
+        raise FedTypeError(f"`dataset` must be a Dataset; got {type(dataset).__name__}")
+    if split not in ("train", "test"):
+        raise FedValueError(f"`split` must be one of 'train', 'test'; got {split!r}")
+    x, y = (
+        (dataset.x_train, dataset.y_train) if split == "train" else (dataset.x_test, dataset.y_test)
+    )
+    return make_clients(x, y, n_clients, method, batch_size=batch_size, seed=seed, alpha=alpha)
+
+
+def to_batches(clients: Any) -> list[list[Batch]]:
+    """Return the reference's nested structure: per client, a list of ``OrderedDict(x, y)`` batches."""
+    return [client.batches() for client in as_client_data(clients)]
+
+
+def label_distribution(clients: Any, num_classes: int | None = None) -> np.ndarray:
+    """Count each client's examples per label.
+
+    Args:
+        clients: anything :func:`as_client_data` accepts, with 1-D labels.
+        num_classes: number of columns; None uses the largest label plus one.
+
+    Returns:
+        An int64 array ``(n_clients, num_classes)`` of counts.
+
+    Raises:
+        FedValueError: a client has 2-D targets, or a label is ``>= num_classes``.
+    """
+    clients = as_client_data(clients)
+    for client in clients:
+        if client.y.ndim != 1:
+            raise FedValueError(f"client {client.client_id!r}: y holds 2-D targets, not labels")
+    top = max(int(client.y.max()) for client in clients) + 1
+    if num_classes is None:
+        num_classes = top
+    num_classes = _positive_int(num_classes, "num_classes")
+    if top > num_classes:
+        raise FedValueError(
+            f"`num_classes` must exceed the largest label ({top - 1}); got {num_classes}"
+        )
+    return np.stack([np.bincount(client.y, minlength=num_classes) for client in clients]).astype(
+        np.int64
+    )
