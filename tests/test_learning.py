@@ -156,10 +156,11 @@ def test_reference_structure_and_result_indexing():
     np.testing.assert_array_equal(state.model_weights[0], INIT_W)
 
 
-def test_two_runs_are_identical():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_two_runs_are_identical(workers):
     runs = []
     for _ in range(2):
-        process = learning.build_weighted_fed_avg(_model_fn, learning.optimizer_fn("sgd", 0.1))
+        process = learning.build_weighted_fed_avg(_model_fn, learning.optimizer_fn("sgd", 0.1), workers=workers)
         state = process.initialize()
         for _ in range(3):
             state, metrics = process.next(state, _clients())
@@ -226,15 +227,15 @@ def test_non_finite_client_update_is_dropped(monkeypatch):
     process = learning.build_weighted_fed_avg(_model_fn, learning.optimizer_fn("sgd", 0.1))
     state = process.initialize()
     without, _ = process.next(state, clients[:2])
-    train = process.runner.train
+    for runner in process.runners:
 
-    def diverging(weights, client):
-        out = train(weights, client)
-        if client.client_id == "client_2":
-            return out._replace(delta=out.delta * np.nan, finite=False)
-        return out
+        def diverging(weights, client, train=runner.train):
+            out = train(weights, client)
+            if client.client_id == "client_2":
+                return out._replace(delta=out.delta * np.nan, finite=False)
+            return out
 
-    monkeypatch.setattr(process.runner, "train", diverging)
+        monkeypatch.setattr(runner, "train", diverging)
     with_bad, metrics = process.next(state, clients)
     np.testing.assert_allclose(with_bad.flat_weights, without.flat_weights, rtol=1e-6)
     assert metrics["num_clients"] == 3

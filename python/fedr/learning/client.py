@@ -51,6 +51,8 @@ class ClientRunner:
             lr = getattr(optimizer, "_learning_rate", None)
             # A fresh client optimizer every round: reset its state, not its learning rate.
             self._opt_state = [v for v in optimizer.variables if v is not lr]
+        out = model.keras_model.compute_output_shape((None, *model.feature_shape))
+        self._output_shape = tf.TensorShape([None, *out[1:]])
         self._train = tf.function(self._train_graph, reduce_retracing=True)
         self._eval = tf.function(self._eval_graph, reduce_retracing=True)
 
@@ -69,23 +71,36 @@ class ClientRunner:
             var.assign(tf.reshape(part, shape))
 
     def _batches(self, x: Any, y: Any, offsets: Any, epochs: int, step: Any) -> Any:
-        """Loop ``step(xb, yb)`` over the batches, ``epochs`` times; sum losses and counts."""
-        for m in self.model.metrics:
-            m.reset_state()
+        """Loop ``step(xb, yb)`` over the batches, ``epochs`` times; sum losses and counts.
+
+        The predictions of every step are kept and fed to the metrics once after
+        the loop: Keras metrics accumulate sums, so one update over all batches
+        gives what batch-by-batch updates give, with far fewer graph nodes per step.
+        """
         loss_sum = tf.constant(0.0, tf.float64)
         count = tf.constant(0, tf.int64)
         num_batches = tf.shape(offsets, out_type=tf.int64)[0] - 1
+        preds_seen = tf.TensorArray(
+            tf.float32, size=0, dynamic_size=True, infer_shape=False, element_shape=self._output_shape
+        )
+        k = 0
         for _ in tf.range(epochs):
             for i in tf.range(num_batches):
                 start, stop = offsets[i], offsets[i + 1]
-                xb, yb = x[start:stop], y[start:stop]
-                preds, loss = step(xb, yb)
-                for m in self.model.metrics:
-                    m.update_state(yb, preds)
+                preds, loss = step(x[start:stop], y[start:stop])
+                preds_seen = preds_seen.write(k, tf.cast(preds, tf.float32))
+                k += 1
                 n = stop - start
                 loss_sum += tf.cast(loss, tf.float64) * tf.cast(n, tf.float64)
                 count += n
-        results = [tf.cast(m.result(), tf.float64) for m in self.model.metrics]
+        results = []
+        if self.model.metrics:
+            preds_all = tf.ensure_shape(preds_seen.concat(), self._output_shape)
+            y_all = tf.tile(y, tf.concat([[epochs], tf.ones(tf.rank(y) - 1, tf.int32)], 0))
+            for m in self.model.metrics:
+                m.reset_state()
+                m.update_state(y_all, preds_all)
+                results.append(tf.cast(m.result(), tf.float64))
         metrics = tf.stack(results) if results else tf.zeros([0], tf.float64)
         return metrics, loss_sum, count
 
