@@ -33,7 +33,8 @@ setup: .stamp-apt .stamp-venv .stamp-rpkg
 .stamp-rpkg: .stamp-apt $(shell find r-package -type f 2>/dev/null) DESCRIPTION
 	mkdir -p $(RLIB)
 	Rscript -e 'roxygen2::roxygenise("r-package")' >/dev/null
-	R CMD INSTALL --no-multiarch --library=$(RLIB) r-package >/dev/null
+	R CMD INSTALL --no-multiarch --library=$(RLIB) r-package >$(RLIB)/install.log 2>&1 \
+	  || { cat $(RLIB)/install.log; exit 1; }
 	touch $@
 
 demo: setup
@@ -47,9 +48,11 @@ test: setup test-python test-r
 test-python:
 	$(PY) -m pytest -q tests
 
-test-r:
+# FEDR_REQUIRE_PYTHON=1: a missing Python core fails the R tests instead of skipping them.
+test-r: .stamp-rpkg
 	cd r-package/tests && FEDR_REQUIRE_PYTHON=1 Rscript testthat.R
 
+# R CMD build + R CMD check --no-manual; fails on an ERROR or a WARNING.
 check: setup
 	bash tools/rcheck.sh
 

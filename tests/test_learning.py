@@ -241,3 +241,20 @@ def test_non_finite_client_update_is_dropped(monkeypatch):
     assert metrics["num_clients"] == 3
     with pytest.raises(ValueError, match="no client produced a finite model update"):
         process.next(state, clients[2:])
+
+
+def test_loss_and_metric_given_by_name_match_objects():
+    def named_fn():
+        model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(CLASSES, activation="softmax")])
+        model.set_weights([INIT_W, INIT_B])
+        return learning.from_keras_model(
+            model, loss="sparse_categorical_crossentropy", metrics=["sparse_categorical_accuracy"]
+        )
+
+    by_name = learning.build_weighted_fed_avg(named_fn, learning.optimizer_fn("sgd", 0.1))
+    by_object = learning.build_weighted_fed_avg(_model_fn, learning.optimizer_fn("sgd", 0.1))
+    state_a, metrics_a = by_name.next(by_name.initialize(), _clients())
+    state_b, metrics_b = by_object.next(by_object.initialize(), _clients())
+    np.testing.assert_allclose(state_a.flat_weights, state_b.flat_weights, rtol=1e-6)
+    assert metrics_a["sparse_categorical_accuracy"] == metrics_b["sparse_categorical_accuracy"]
+    assert metrics_a["loss"] == pytest.approx(metrics_b["loss"], rel=1e-6)

@@ -95,6 +95,16 @@ def _as_metric(metric: Any) -> Any:
     raise FedTypeError(f"metrics: expected Keras metrics or their names, got {type(metric).__name__}")
 
 
+def _function_loss(keras: Any, fn: Callable[..., Any], name: str) -> Any:
+    """Wrap a per-example loss function as a Keras Loss that averages over the batch."""
+
+    class FunctionLoss(keras.losses.Loss):
+        def call(self, y_true: Any, y_pred: Any) -> Any:
+            return fn(y_true, y_pred)
+
+    return FunctionLoss(name=name)
+
+
 def from_keras_model(
     keras_model: Any,
     loss: Any,
@@ -131,6 +141,10 @@ def from_keras_model(
         raise FedTypeError(f"loss: unknown Keras loss {loss!r} ({err})") from None
     if not callable(loss_fn):
         raise FedTypeError(f"loss: expected a Keras loss, got {type(loss).__name__}")
+    if not isinstance(loss_fn, keras.losses.Loss):
+        # A loss function returns one value per example; the wrapper averages the batch.
+        name = loss if isinstance(loss, str) else getattr(loss_fn, "__name__", "loss")
+        loss_fn = _function_loss(keras, loss_fn, str(name))
     if metrics is None:
         metrics = []
     elif not isinstance(metrics, (list, tuple)):

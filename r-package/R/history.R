@@ -1,0 +1,108 @@
+# The training history of fed_fit(): a data frame with print, plot and as.data.frame.
+
+new_fed_history <- function(rows, state) {
+  names_all <- unique(unlist(lapply(rows, names)))
+  columns <- lapply(names_all, function(n) vapply(rows, function(r) unname(r[n]), numeric(1)))
+  names(columns) <- names_all
+  df <- list2DF(columns)
+  counts <- intersect(c("round", "num_examples", "num_clients"), names(df))
+  df[counts] <- lapply(df[counts], as.integer)
+  # Counts and time last, after the metrics.
+  df <- df[c(setdiff(names(df), c("num_examples", "num_clients", "seconds")), intersect(c("num_examples", "num_clients", "seconds"), names(df)))]
+  structure(df, state = state, class = c("fed_history", "data.frame"))
+}
+
+#' Federated training history
+#'
+#' [fed_fit()] returns a `fed_history`: a data frame with one row per round.
+#' `print()` shows the rounds and the final metrics, `plot()` draws accuracy
+#' and loss per round (base graphics, two panels), `as.data.frame()` gives the
+#' plain data frame.
+#'
+#' @param x A `fed_history`.
+#' @param ... Unused by `format()` and `print()`; passed to [graphics::plot()]
+#'   for each panel by `plot()`.
+#' @param metrics For `plot()`: the columns to draw, one panel each. By
+#'   default the accuracy metric and the loss.
+#' @param row.names,optional Unused, for compatibility with the generic.
+#' @returns `format()`: a character vector of lines. `print()` and `plot()`:
+#'   `x`, invisibly. `as.data.frame()`: a data frame without the state.
+#' @name fed_history
+#' @family workflow
+#' @examplesIf fedr_available()
+#' keras <- reticulate::import("keras")
+#' model <- fed_model(function() {
+#'   keras$Sequential(list(
+#'     keras$Input(shape = list(784L)),
+#'     keras$layers$Dense(units = 10L, activation = "softmax", kernel_initializer = "zeros")
+#'   ))
+#' })
+#' process <- fed_averaging(model, fed_optimizer("sgd", 0.02))
+#' clients <- fed_split(fed_load_dataset(), n_clients = 300)[1:3]
+#' history <- fed_fit(process, clients, rounds = 3, verbose = FALSE)
+#' history
+#' plot(history)
+#' as.data.frame(history)
+NULL
+
+#' @rdname fed_history
+#' @export
+format.fed_history <- function(x, ...) {
+  df <- as.data.frame(x)
+  n <- nrow(df)
+  header <- sprintf("<fed_history> %d round%s of federated training", n, if (n == 1L) "" else "s")
+  if (!n) {
+    return(header)
+  }
+  shown <- df
+  metric_cols <- setdiff(names(df), c("round", "num_examples", "num_clients", "seconds"))
+  shown[metric_cols] <- lapply(df[metric_cols], function(v) sprintf("%.4f", v))
+  if ("seconds" %in% names(df)) shown$seconds <- sprintf("%.2f", df$seconds)
+  names(shown) <- short_metric_names(names(shown))
+  table <- utils::capture.output(print.data.frame(shown, row.names = FALSE))
+  last <- df[n, metric_cols, drop = FALSE]
+  final <- paste(sprintf("%s %.4f", short_metric_names(metric_cols), unlist(last)), collapse = ", ")
+  c(header, table, sprintf("final: %s", final))
+}
+
+#' @rdname fed_history
+#' @export
+print.fed_history <- function(x, ...) {
+  writeLines(format(x))
+  invisible(x)
+}
+
+#' @rdname fed_history
+#' @export
+as.data.frame.fed_history <- function(x, row.names = NULL, optional = FALSE, ...) {
+  attr(x, "state") <- NULL
+  class(x) <- "data.frame"
+  x
+}
+
+#' @rdname fed_history
+#' @export
+plot.fed_history <- function(x, metrics = NULL, ...) {
+  df <- as.data.frame(x)
+  if (is.null(metrics)) {
+    accuracy <- grep("accuracy", names(df), value = TRUE)
+    metrics <- c(utils::head(accuracy, 1L), intersect("loss", names(df)))
+  }
+  missing_cols <- setdiff(metrics, names(df))
+  if (!length(metrics) || length(missing_cols)) {
+    fedr_abort(sprintf(
+      "`metrics` must name columns of the history (%s).",
+      paste(setdiff(names(df), "round"), collapse = ", ")
+    ), "metrics")
+  }
+  old <- graphics::par(mfrow = c(1L, length(metrics)), mar = c(4, 4, 2.5, 1))
+  on.exit(graphics::par(old), add = TRUE)
+  for (metric in metrics) {
+    graphics::plot(df$round, df[[metric]],
+      type = "o", pch = 19, cex = 0.6, col = "steelblue4",
+      xlab = "round", ylab = short_metric_names(metric), main = short_metric_names(metric), ...
+    )
+    graphics::grid(col = "grey85")
+  }
+  invisible(x)
+}

@@ -1,0 +1,193 @@
+# Models and optimizers for federated training.
+
+#' A Keras model for federated training
+#'
+#' Pairs a function that builds a fresh Keras model with the loss and metrics
+#' that local training optimises and reports, as
+#' `tff$learning$from_keras_model()` does in the reference article. The model
+#' is built from R, with the keras3 R package where installed or with
+#' `reticulate::import("keras")`.
+#'
+#' @param model_fn A function with no arguments returning a new, uncompiled
+#'   Keras model. It is called when the model is checked here and again by
+#'   [fed_averaging()], so it must build a fresh model each time.
+#' @param loss A Keras loss: a name such as
+#'   `"sparse_categorical_crossentropy"`, a loss object, or a function with no
+#'   arguments returning one.
+#' @param metrics Keras metrics, reported per round: a character vector of
+#'   names, a list of metric objects, or a function with no arguments
+#'   returning such a list (fresh metric objects for every model).
+#' @param sample_batch Where the input shape comes from: a `fed_data` object
+#'   (its first batch), a list `list(x = , y = )` of R values, or `NULL` when
+#'   the model declares its input shape.
+#' @returns A `fed_model` object with a `print()` method.
+#' @family workflow
+#' @export
+#' @examplesIf fedr_available()
+#' keras <- reticulate::import("keras")
+#' model <- fed_model(function() {
+#'   keras$Sequential(list(
+#'     keras$Input(shape = list(784L)),
+#'     keras$layers$Dense(units = 10L, activation = "softmax", kernel_initializer = "zeros")
+#'   ))
+#' })
+#' model
+fed_model <- function(model_fn, loss = "sparse_categorical_crossentropy",
+                      metrics = "sparse_categorical_accuracy", sample_batch = NULL) {
+  check_function(model_fn, "model_fn")
+  if (!is_r_function(loss)) check_keras_spec(loss, "loss", single = TRUE)
+  if (!is_r_function(metrics)) check_keras_spec(metrics, "metrics", single = FALSE)
+  dummy_batch <- as_dummy_batch(sample_batch)
+  learning <- fedr_module("fedr.learning")
+  build <- function() {
+    keras_model <- model_fn()
+    if (!inherits(keras_model, "python.builtin.object")) {
+      fedr_abort(sprintf("`model_fn` must return a Keras model, not %s.", describe(keras_model)), "model_fn")
+    }
+    loss_value <- if (is_r_function(loss)) loss() else if (is.character(loss)) keras_loss(loss) else loss
+    metric_values <- if (is_r_function(metrics)) metrics() else metrics
+    if (is.character(metric_values)) metric_values <- as.list(metric_values)
+    learning$from_keras_model(keras_model,
+      loss = loss_value, metrics = metric_values, dummy_batch = dummy_batch
+    )
+  }
+  # Build once now: a wrong model, loss or shape fails here, in R, with its message.
+  example <- fedr_call(build())
+  structure(
+    list(
+      py_fn = reticulate::py_func(build),
+      description = reticulate::py_str(example),
+      metric_names = as.character(reticulate::py_to_r(example$metric_names))
+    ),
+    class = "fed_model"
+  )
+}
+
+# A loss name as a fresh Keras loss object ("mean_squared_error" ->
+# keras.losses.MeanSquaredError()): objects reduce over the batch, while
+# the functions that keras.losses.get() returns for names give one loss per
+# example. Names without a class go to the core as they are.
+keras_loss <- function(name) {
+  class_name <- gsub("(^|_)([a-z])", "\\U\\2", name, perl = TRUE)
+  losses <- fedr_module("keras")$losses
+  if (reticulate::py_has_attr(losses, class_name)) reticulate::py_call(reticulate::py_get_attr(losses, class_name)) else name
+}
+
+# Python callables (a Keras loss object) are R functions to reticulate too.
+is_r_function <- function(x) is.function(x) && !inherits(x, "python.builtin.object")
+
+check_keras_spec <- function(x, arg, single) {
+  ok <- if (is.character(x)) {
+    !anyNA(x) && all(nzchar(x)) && (!single || length(x) == 1L)
+  } else if (inherits(x, "python.builtin.object")) {
+    TRUE
+  } else {
+    !single && is.list(x) && all(vapply(x, function(m) is.character(m) || inherits(m, "python.builtin.object"), logical(1)))
+  }
+  if (!ok || is.null(x)) {
+    what <- if (single) "a Keras loss name, object or function" else "Keras metric names, objects or a function returning them"
+    fedr_abort(sprintf("`%s` must be %s, not %s.", arg, what, describe(x)), arg)
+  }
+}
+
+as_dummy_batch <- function(sample_batch) {
+  if (is.null(sample_batch)) {
+    return(NULL)
+  }
+  if (inherits(sample_batch, "fed_data")) {
+    first <- reticulate::py_get_item(sample_batch$py, 0L)
+    return(reticulate::py_get_item(first$batches(), 0L))
+  }
+  if (is.list(sample_batch) && !is.data.frame(sample_batch) && all(c("x", "y") %in% names(sample_batch))) {
+    x <- as_py_features(sample_batch$x, "sample_batch$x")
+    y <- as_py_labels(sample_batch$y, NROW(sample_batch$x), "sample_batch$y")
+    return(reticulate::dict(x = x, y = y, convert = FALSE))
+  }
+  if (inherits(sample_batch, "python.builtin.object")) {
+    return(sample_batch)
+  }
+  fedr_abort(sprintf(
+    "`sample_batch` must be a fed_data object, a list(x = , y = ) or NULL, not %s.", describe(sample_batch)
+  ), "sample_batch")
+}
+
+#' @export
+format.fed_model <- function(x, ...) paste0("<fed_model> ", x$description)
+
+#' @export
+print.fed_model <- function(x, ...) {
+  writeLines(format(x))
+  invisible(x)
+}
+
+#' Optimizers for clients and server
+#'
+#' Describes a Keras optimizer that the federated process builds fresh where
+#' it needs one: each client's local optimizer in every round, and the
+#' server's optimizer that applies the averaged update.
+#'
+#' @param name `"sgd"` or `"adam"`.
+#' @param learning_rate A positive learning rate.
+#' @param ... Options of the Keras optimizer: `momentum` and `nesterov` for
+#'   SGD; `beta_1`, `beta_2` and `epsilon` for Adam.
+#' @returns A `fed_optimizer` object with a `print()` method.
+#' @family workflow
+#' @export
+#' @examplesIf fedr_available()
+#' fed_optimizer("sgd", learning_rate = 0.02)
+#' fed_optimizer("sgd", learning_rate = 1, momentum = 0.9)
+#' fed_optimizer("adam", learning_rate = 0.01)
+fed_optimizer <- function(name = c("sgd", "adam"), learning_rate, ...) {
+  name <- check_string(tolower(name[[1]]), "name", c("sgd", "adam"))
+  if (missing(learning_rate)) fedr_abort("`learning_rate` is missing.", "learning_rate")
+  learning_rate <- as_number(learning_rate, "learning_rate", min = 0, min_inclusive = FALSE)
+  options <- list(...)
+  allowed <- if (name == "sgd") c("momentum", "nesterov") else c("beta_1", "beta_2", "epsilon")
+  if (length(options) && (is.null(names(options)) || any(!nzchar(names(options))))) {
+    fedr_abort("Options in `...` must be named.", "...")
+  }
+  unknown <- setdiff(names(options), allowed)
+  if (length(unknown)) {
+    fedr_abort(sprintf(
+      "`%s` is not an option of \"%s\"; use %s.", unknown[[1]], name, paste0("`", allowed, "`", collapse = ", ")
+    ), unknown[[1]])
+  }
+  for (opt in names(options)) {
+    options[[opt]] <- if (opt == "nesterov") check_flag(options[[opt]], opt) else as_number(options[[opt]], opt, min = 0)
+  }
+  learning <- fedr_module("fedr.learning")
+  py <- fedr_call(do.call(learning$optimizer_fn, c(list(name, learning_rate), options)))
+  structure(list(py = py, name = name, learning_rate = learning_rate, options = options), class = "fed_optimizer")
+}
+
+#' @export
+format.fed_optimizer <- function(x, ...) {
+  args <- c(list(learning_rate = x$learning_rate), x$options)
+  values <- vapply(args, format, character(1))
+  sprintf("<fed_optimizer> %s(%s)", x$name, paste(names(args), values, sep = " = ", collapse = ", "))
+}
+
+#' @export
+print.fed_optimizer <- function(x, ...) {
+  writeLines(format(x))
+  invisible(x)
+}
+
+#' @export
+r_to_py.fed_optimizer <- function(x, convert = FALSE) x$py
+
+# An optimizer argument as the zero-argument Python callable the core takes.
+as_py_optimizer <- function(x, arg) {
+  if (inherits(x, "fed_optimizer")) {
+    return(x$py)
+  }
+  if (inherits(x, "python.builtin.object")) {
+    return(x)
+  }
+  if (is.function(x)) {
+    return(reticulate::py_func(function() x()))
+  }
+  fedr_abort(sprintf(
+    "`%s` must be a fed_optimizer() or a function returning a Keras optimizer, not %s.", arg, describe(x)
+  ), arg)
+}

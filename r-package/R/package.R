@@ -1,0 +1,156 @@
+#' fedr: federated learning from R
+#'
+#' Federated averaging of Keras models and the federated building blocks of
+#' TensorFlow Federated, on top of the fedr Python core. `library(fedr)` does
+#' not start Python: the core is imported the first time a function needs it.
+#'
+#' Python is found in this order: the option `fedr.python`, the environment
+#' variable `FEDR_PYTHON`, the environment variable `RETICULATE_PYTHON`, then
+#' a `.venv` folder in the working directory or one of its parents (the one
+#' that `make setup` creates in the fedr repository).
+#'
+#' @keywords internal
+"_PACKAGE"
+
+# The Python module, imported lazily in .onLoad (convert = TRUE, for users).
+fedr_py <- NULL
+
+# Cached state: whether the core imported, why not, and convert = FALSE modules.
+.fedr <- new.env(parent = emptyenv())
+
+.onLoad <- function(libname, pkgname) {
+  fedr_py <<- reticulate::import("fedr", delay_load = list(
+    before_load = function() fedr_use_python(),
+    on_error = function(e) fedr_abort(fedr_missing_message(conditionMessage(e)))
+  ))
+  # A preference, not a start: Python stays down, but a `reticulate::import()`
+  # the user makes first (e.g. of keras) then also lands on fedr's Python.
+  if (!reticulate::py_available(initialize = FALSE)) {
+    python <- fedr_find_python()
+    if (!is.null(python) && file.exists(python)) reticulate::use_python(python)
+  }
+  # Without the tensorflow R package, TensorFlow tensors have no arithmetic in
+  # R; give them `+`, `/`, ... so the article's reducers are writable in R.
+  if (!nzchar(system.file(package = "tensorflow"))) {
+    reticulate::register_class_filter(tensor_class_filter)
+  }
+}
+
+#' Is the fedr Python core available?
+#'
+#' Finds Python (see [fedr]) and checks that the `fedr` Python module imports.
+#' This starts Python the first time it is called.
+#'
+#' @returns `TRUE` or `FALSE`. When `FALSE`, `attr(, "reason")` says why.
+#' @export
+#' @examples
+#' fedr_available()
+fedr_available <- function() {
+  if (isTRUE(.fedr$available)) {
+    return(TRUE)
+  }
+  reason <- tryCatch(
+    {
+      fedr_use_python()
+      if (reticulate::py_module_available("fedr")) NULL else "the Python module 'fedr' is not installed"
+    },
+    error = function(e) conditionMessage(e)
+  )
+  if (is.null(reason)) {
+    .fedr$available <- TRUE
+    return(TRUE)
+  }
+  python <- tryCatch(reticulate::py_config()$python, error = function(e) NULL)
+  if (!is.null(python)) reason <- paste0(reason, " (Python: ", python, ")")
+  structure(FALSE, reason = reason)
+}
+
+#' The fedr Python module
+#'
+#' Hands back the Python module `fedr` for `$`-style code, as the reference
+#' article writes `tff$federated_mean(...)`. Results of calls through it are
+#' converted to R by reticulate.
+#'
+#' @returns The Python module `fedr` (a reticulate module object).
+#' @export
+#' @examplesIf fedr_available()
+#' tff <- fedr_python()
+#' tff$SequenceType("float32")
+fedr_python <- function() {
+  fedr_require()
+  fedr_py
+}
+
+# Stop with an install hint unless the core imports.
+fedr_require <- function() {
+  ok <- fedr_available()
+  if (!isTRUE(ok)) fedr_abort(fedr_missing_message(attr(ok, "reason")))
+  invisible(TRUE)
+}
+
+# A fedr Python module (or submodule) without automatic conversion, cached.
+fedr_module <- function(name = "fedr") {
+  module <- .fedr$modules[[name]]
+  if (is.null(module)) {
+    fedr_require()
+    module <- fedr_call(reticulate::import(name, convert = FALSE))
+    .fedr$modules[[name]] <- module
+  }
+  module
+}
+
+fedr_missing_message <- function(reason = NULL) {
+  paste0(
+    "The fedr Python core is not available",
+    if (length(reason) && nzchar(reason)) paste0(": ", reason) else "",
+    ".\nInstall it with `make setup` in the fedr repository (it creates `.venv`),",
+    " then point R at that Python with `options(fedr.python = \"<repo>/.venv/bin/python\")`",
+    " or the environment variable FEDR_PYTHON, before fedr first uses Python."
+  )
+}
+
+# The Python fedr should use, or NULL to let reticulate decide.
+fedr_find_python <- function(start = getwd()) {
+  candidates <- c(
+    getOption("fedr.python", ""),
+    Sys.getenv("FEDR_PYTHON"),
+    Sys.getenv("RETICULATE_PYTHON")
+  )
+  candidates <- candidates[nzchar(candidates)]
+  if (length(candidates)) {
+    return(path.expand(candidates[[1]]))
+  }
+  dir <- normalizePath(start, mustWork = FALSE)
+  repeat {
+    python <- file.path(dir, ".venv", "bin", "python")
+    if (file.exists(python)) {
+      return(python)
+    }
+    parent <- dirname(dir)
+    if (identical(parent, dir)) {
+      return(NULL)
+    }
+    dir <- parent
+  }
+}
+
+# Initialise reticulate on the Python fedr chose; a no-op once Python runs.
+fedr_use_python <- function() {
+  if (reticulate::py_available(initialize = FALSE)) {
+    return(invisible(NULL))
+  }
+  python <- fedr_find_python()
+  if (is.null(python)) {
+    return(invisible(NULL))
+  }
+  if (!file.exists(python)) {
+    fedr_abort(paste0("Python not found at '", python, "'"))
+  }
+  # RETICULATE_PYTHON wins over use_python() in reticulate, so set it while
+  # Python starts and put the user's value back afterwards.
+  old <- Sys.getenv("RETICULATE_PYTHON", unset = NA)
+  on.exit(if (is.na(old)) Sys.unsetenv("RETICULATE_PYTHON") else Sys.setenv(RETICULATE_PYTHON = old))
+  Sys.setenv(RETICULATE_PYTHON = python)
+  reticulate::py_config()
+  invisible(python)
+}

@@ -1,0 +1,288 @@
+# The federated averaging process: build, initialise, run rounds, evaluate.
+
+#' Federated averaging
+#'
+#' Builds the federated averaging process (FedAvg, McMahan et al. 2016) of
+#' the reference article: in every round each client starts from the server's
+#' weights, trains on its batches in order with its own optimizer, and sends
+#' back its weight change; the server averages the changes weighted by the
+#' clients' example counts and applies the average with the server optimizer.
+#' Server SGD with learning rate 1 (the default) is plain averaging; server
+#' momentum gives FedAvgM, server Adam FedAdam.
+#'
+#' @param model A [fed_model()].
+#' @param client_optimizer The clients' optimizer: a [fed_optimizer()] or a
+#'   function with no arguments returning a Keras optimizer.
+#' @param server_optimizer The server's optimizer, likewise; `NULL` is SGD
+#'   with learning rate 1.
+#' @param local_epochs Passes each client makes over its data per round.
+#' @returns A `fed_process` object, used by [fed_initialize()], [fed_next()],
+#'   [fed_fit()] and [fed_evaluate()].
+#' @family workflow
+#' @export
+#' @examplesIf fedr_available()
+#' keras <- reticulate::import("keras")
+#' model <- fed_model(function() {
+#'   keras$Sequential(list(
+#'     keras$Input(shape = list(784L)),
+#'     keras$layers$Dense(units = 10L, activation = "softmax", kernel_initializer = "zeros")
+#'   ))
+#' })
+#' process <- fed_averaging(model, fed_optimizer("sgd", 0.02), fed_optimizer("sgd", 1))
+#' process
+fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, local_epochs = 1L) {
+  if (!inherits(model, "fed_model")) {
+    fedr_abort(sprintf("`model` must be a fed_model() object, not %s.", describe(model)), "model")
+  }
+  if (missing(client_optimizer)) fedr_abort("`client_optimizer` is missing.", "client_optimizer")
+  client <- as_py_optimizer(client_optimizer, "client_optimizer")
+  server <- if (is.null(server_optimizer)) NULL else as_py_optimizer(server_optimizer, "server_optimizer")
+  local_epochs <- as_integer(local_epochs, "local_epochs")
+  learning <- fedr_module("fedr.learning")
+  py <- fedr_call(learning$build_weighted_fed_avg(
+    model$py_fn, client, server,
+    local_epochs = local_epochs
+  ))
+  structure(
+    list(
+      py = py,
+      model = model,
+      client_optimizer = client_optimizer,
+      server_optimizer = server_optimizer %||% "sgd(learning_rate = 1)",
+      local_epochs = local_epochs
+    ),
+    class = "fed_process"
+  )
+}
+
+#' @export
+format.fed_process <- function(x, ...) {
+  describe_opt <- function(o) {
+    if (inherits(o, "fed_optimizer")) sub("^<fed_optimizer> ", "", format(o)) else if (is.character(o)) o else "custom"
+  }
+  c(
+    "<fed_process> federated averaging",
+    sprintf("  model: %s", x$model$description),
+    sprintf("  client optimizer: %s, %d local epoch%s", describe_opt(x$client_optimizer), x$local_epochs, if (x$local_epochs == 1L) "" else "s"),
+    sprintf("  server optimizer: %s", describe_opt(x$server_optimizer))
+  )
+}
+
+#' @export
+print.fed_process <- function(x, ...) {
+  writeLines(format(x))
+  invisible(x)
+}
+
+#' @export
+r_to_py.fed_process <- function(x, convert = FALSE) x$py
+
+#' Run federated averaging round by round
+#'
+#' `fed_initialize()` gives the starting server state (the model's initial
+#' weights, round 0). `fed_next()` runs one round over the clients in `data`
+#' and returns the new state with the round's training metrics: each client's
+#' Keras metrics over its local training, averaged weighted by example count.
+#' `fed_weights()` reads a state's weights into R.
+#'
+#' @param process A [fed_averaging()] process.
+#' @param state A state from `fed_initialize()` or a previous round.
+#' @param data The clients taking part: a `fed_data` object from [fed_split()]
+#'   or [fed_clients()] (select clients with `data[i]`).
+#' @returns `fed_initialize()`: a `fed_state`. `fed_next()`: a list with
+#'   `state` (a `fed_state`) and `metrics` (a named numeric vector, e.g.
+#'   `sparse_categorical_accuracy`, `loss`, `num_examples`, `num_clients`).
+#'   `fed_weights()`: a list of numeric arrays, one per trainable variable.
+#' @family workflow
+#' @export
+#' @examplesIf fedr_available()
+#' keras <- reticulate::import("keras")
+#' model <- fed_model(function() {
+#'   keras$Sequential(list(
+#'     keras$Input(shape = list(784L)),
+#'     keras$layers$Dense(units = 10L, activation = "softmax", kernel_initializer = "zeros")
+#'   ))
+#' })
+#' process <- fed_averaging(model, fed_optimizer("sgd", 0.02))
+#' clients <- fed_split(fed_load_dataset(), n_clients = 300)[1:3]
+#' state <- fed_initialize(process)
+#' result <- fed_next(process, state, clients)
+#' result$metrics
+#' str(fed_weights(result$state))
+fed_initialize <- function(process) {
+  check_process(process)
+  new_fed_state(fedr_call(process$py$initialize()))
+}
+
+#' @rdname fed_initialize
+#' @export
+fed_next <- function(process, state, data) {
+  check_process(process)
+  check_state(state)
+  check_data(data)
+  out <- fedr_call(process$py$`next`(state$py, data$py))
+  list(
+    state = new_fed_state(reticulate::py_get_item(out, 0L)),
+    metrics = as_metrics(reticulate::py_get_item(out, 1L))
+  )
+}
+
+#' @rdname fed_initialize
+#' @export
+fed_weights <- function(state) {
+  state <- as_state(state)
+  lapply(reticulate::py_to_r(state$py$model_weights), function(w) {
+    if (length(dim(w)) == 1L) as.vector(w) else w
+  })
+}
+
+new_fed_state <- function(py) {
+  structure(
+    list(py = py, round = as.integer(reticulate::py_to_r(py$round_num))),
+    class = "fed_state"
+  )
+}
+
+#' @export
+format.fed_state <- function(x, ...) {
+  shapes <- reticulate::py_to_r(x$py$shapes)
+  shapes <- vapply(shapes, function(s) sprintf("(%s)", paste(unlist(s), collapse = ", ")), character(1))
+  sprintf("<fed_state> round %d, weights %s", x$round, paste(shapes, collapse = " "))
+}
+
+#' @export
+print.fed_state <- function(x, ...) {
+  writeLines(format(x))
+  invisible(x)
+}
+
+#' @export
+r_to_py.fed_state <- function(x, convert = FALSE) x$py
+
+#' Evaluate the server's model on held-out clients
+#'
+#' Federated evaluation, the step the reference article leaves open: the
+#' model with the state's weights is evaluated on every client in `data`,
+#' and the metrics are averaged weighted by example count.
+#'
+#' @param process A [fed_averaging()] process.
+#' @param state A `fed_state`, or a `fed_history` from [fed_fit()] (its final
+#'   state).
+#' @param data Held-out clients, a `fed_data` object (e.g.
+#'   `fed_split(dataset, split = "test")`).
+#' @param as_data_frame Return a one-row data frame instead of a vector.
+#' @returns A named numeric vector of metrics (`loss`, the model's metrics,
+#'   `num_examples`, `num_clients`), or a one-row data frame.
+#' @family workflow
+#' @export
+#' @examplesIf fedr_available()
+#' keras <- reticulate::import("keras")
+#' model <- fed_model(function() {
+#'   keras$Sequential(list(
+#'     keras$Input(shape = list(784L)),
+#'     keras$layers$Dense(units = 10L, activation = "softmax", kernel_initializer = "zeros")
+#'   ))
+#' })
+#' process <- fed_averaging(model, fed_optimizer("sgd", 0.02))
+#' fashion <- fed_load_dataset()
+#' history <- fed_fit(process, fed_split(fashion, n_clients = 300)[1:3], rounds = 2)
+#' fed_evaluate(process, history, fed_split(fashion, n_clients = 50, split = "test")[1:2])
+fed_evaluate <- function(process, state, data, as_data_frame = FALSE) {
+  check_process(process)
+  state <- as_state(state)
+  check_data(data)
+  as_data_frame <- check_flag(as_data_frame, "as_data_frame")
+  metrics <- as_metrics(fedr_call(process$py$evaluate(state$py, data$py)))
+  if (as_data_frame) as.data.frame(as.list(metrics)) else metrics
+}
+
+check_process <- function(process) {
+  if (!inherits(process, "fed_process")) {
+    fedr_abort(sprintf("`process` must be a fed_averaging() process, not %s.", describe(process)), "process")
+  }
+}
+
+check_state <- function(state) {
+  if (!inherits(state, "fed_state")) {
+    fedr_abort(sprintf("`state` must be a fed_state from fed_initialize() or fed_next(), not %s.", describe(state)), "state")
+  }
+}
+
+as_state <- function(state) {
+  if (inherits(state, "fed_history")) state <- attr(state, "state")
+  check_state(state)
+  state
+}
+
+check_data <- function(data) {
+  if (!inherits(data, "fed_data")) {
+    fedr_abort(sprintf("`data` must be a fed_data object from fed_split() or fed_clients(), not %s.", describe(data)), "data")
+  }
+}
+
+#' Train for several rounds
+#'
+#' Runs `rounds` rounds of [fed_next()] over `data`, showing a progress bar
+#' and one line per round, and collects the metrics in a history.
+#'
+#' @inheritParams fed_initialize
+#' @param rounds The number of rounds.
+#' @param state The state to start from; `NULL` starts from
+#'   `fed_initialize(process)`. Pass the `fed_history` of an earlier call to
+#'   continue training.
+#' @param verbose Show a line per round (as messages) and, in a terminal
+#'   that redraws in place, a progress bar.
+#' @returns A `fed_history`: a data frame with one row per round (`round`,
+#'   each metric, `num_examples`, `num_clients`, `seconds`) and the final
+#'   state in `attr(, "state")`; it has `print()`, `plot()` and
+#'   `as.data.frame()` methods.
+#' @family workflow
+#' @export
+#' @examplesIf fedr_available()
+#' keras <- reticulate::import("keras")
+#' model <- fed_model(function() {
+#'   keras$Sequential(list(
+#'     keras$Input(shape = list(784L)),
+#'     keras$layers$Dense(units = 10L, activation = "softmax", kernel_initializer = "zeros")
+#'   ))
+#' })
+#' process <- fed_averaging(model, fed_optimizer("sgd", 0.02))
+#' clients <- fed_split(fed_load_dataset(), n_clients = 300)[1:3]
+#' history <- fed_fit(process, clients, rounds = 2)
+#' history
+fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE) {
+  check_process(process)
+  check_data(data)
+  if (missing(rounds)) fedr_abort("`rounds` is missing.", "rounds")
+  rounds <- as_integer(rounds, "rounds")
+  verbose <- check_flag(verbose, "verbose")
+  state <- if (is.null(state)) fed_initialize(process) else as_state(state)
+  rows <- vector("list", rounds)
+  # The bar only where it redraws in place; logs get the per-round lines alone.
+  show_bar <- verbose && cli::is_dynamic_tty()
+  if (show_bar) {
+    bar <- cli::cli_progress_bar("Federated training", total = rounds, clear = TRUE)
+  }
+  for (i in seq_len(rounds)) {
+    started <- proc.time()[["elapsed"]]
+    result <- fed_next(process, state, data)
+    seconds <- proc.time()[["elapsed"]] - started
+    state <- result$state
+    rows[[i]] <- c(round = state$round, result$metrics, seconds = seconds)
+    if (verbose) {
+      cli::cli_verbatim(format_round(state$round, result$metrics, seconds))
+    }
+    if (show_bar) cli::cli_progress_update(id = bar)
+  }
+  if (show_bar) cli::cli_progress_done(id = bar)
+  new_fed_history(rows, state)
+}
+
+# "round  2  accuracy 0.6949  loss 0.8893  (0.05 s)"
+format_round <- function(round, metrics, seconds, width = 3L) {
+  shown <- metrics[!names(metrics) %in% c("num_examples", "num_clients")]
+  parts <- sprintf("%s %.4f", short_metric_names(names(shown)), shown)
+  sprintf("round %*d  %s  (%.2f s)", width, round, paste(parts, collapse = "  "), seconds)
+}
+
+short_metric_names <- function(x) sub("^sparse_categorical_|^categorical_|^binary_", "", x)

@@ -1,0 +1,217 @@
+# Errors, argument checks and conversions at the R/Python boundary.
+
+# Signal an error of class `fedr_error`; `arg` names the offending argument.
+fedr_abort <- function(message, arg = NULL, python_type = NULL) {
+  cnd <- structure(
+    class = c("fedr_error", "error", "condition"),
+    list(message = message, call = NULL, arg = arg, python_type = python_type)
+  )
+  stop(cnd)
+}
+
+# Evaluate a call into Python; a Python exception becomes a `fedr_error`
+# carrying the Python message ("ValueError: ...") and never the traceback.
+fedr_call <- function(expr) {
+  reticulate::py_clear_last_error()
+  tryCatch(expr, error = function(e) {
+    if (inherits(e, "fedr_error")) stop(e)
+    parsed <- python_error(e)
+    fedr_abort(parsed$message, python_type = parsed$type)
+  })
+}
+
+# The Python exception behind an R error: type name and "Type: message".
+# fedr's own classes read as the builtins they derive from (FedValueError is a
+# ValueError), so users see the kind of error they know.
+python_error <- function(e) {
+  message <- conditionMessage(e)
+  last <- tryCatch(reticulate::py_last_error(), error = function(err) NULL)
+  if (!is.null(last) && length(last$type) && startsWith(message, last$type)) {
+    type <- sub("^Fed(\\w*Error)$", "\\1", last$type)
+    value <- last$value
+  } else {
+    lines <- strsplit(message, "\n", fixed = TRUE)[[1]]
+    cut <- grep("^(Detailed traceback|Run `reticulate::py_last_error|Traceback)", lines)
+    if (length(cut)) lines <- lines[seq_len(cut[[1]] - 1L)]
+    first <- if (length(lines)) lines[[1]] else message
+    type <- if (grepl("^[A-Za-z_.]*(Error|Exception|Warning)\\b", first)) sub(":.*$", "", first) else NA_character_
+    value <- sub("^[A-Za-z_.]*(Error|Exception|Warning): ?", "", paste(lines, collapse = "\n"))
+    if (!is.na(type)) type <- sub("^(\\w+\\.)*Fed(\\w*Error)$", "\\2", type)
+  }
+  # TensorFlow prefixes graph errors with the user code it traced ("in user
+  # code:" and file lines); the cause is the last paragraph.
+  if (grepl("in user code:", value, fixed = TRUE)) {
+    paragraphs <- strsplit(trimws(value), "\n\\s*\n")[[1]]
+    value <- sub("^\\s*\\w*(Error|Exception): ", "", paragraphs[[length(paragraphs)]])
+  }
+  value <- trimws(value)
+  list(type = type, message = if (is.na(type)) value else paste0(type, ": ", value))
+}
+
+# ---- argument checks: fail in R, naming the argument, before Python sees it.
+
+check_flag <- function(x, arg) {
+  if (!is.logical(x) || length(x) != 1L || is.na(x)) {
+    fedr_abort(sprintf("`%s` must be TRUE or FALSE, not %s.", arg, describe(x)), arg)
+  }
+  x
+}
+
+check_string <- function(x, arg, choices = NULL) {
+  if (!is.character(x) || length(x) != 1L || is.na(x) || !nzchar(x)) {
+    fedr_abort(sprintf("`%s` must be a single string, not %s.", arg, describe(x)), arg)
+  }
+  if (!is.null(choices) && !x %in% choices) {
+    fedr_abort(sprintf(
+      "`%s` must be one of %s, not \"%s\".", arg,
+      paste0("\"", choices, "\"", collapse = ", "), x
+    ), arg)
+  }
+  x
+}
+
+check_function <- function(x, arg) {
+  if (!is.function(x)) {
+    fedr_abort(sprintf("`%s` must be a function, not %s.", arg, describe(x)), arg)
+  }
+  x
+}
+
+# One finite number, optionally bounded; returns a double.
+as_number <- function(x, arg, min = -Inf, max = Inf, min_inclusive = TRUE) {
+  ok <- is.numeric(x) && length(x) == 1L && !is.na(x) && is.finite(x)
+  ok <- ok && (if (min_inclusive) x >= min else x > min) && x <= max
+  if (!ok) {
+    bound <- if (min_inclusive) sprintf(">= %s", min) else sprintf("> %s", min)
+    what <- if (is.finite(max)) sprintf("between %s and %s", min, max) else bound
+    fedr_abort(sprintf("`%s` must be a single finite number %s, not %s.", arg, what, describe(x)), arg)
+  }
+  as.double(x)
+}
+
+# One whole number >= min; returns an integer (what Python expects for counts).
+as_integer <- function(x, arg, min = 1L) {
+  ok <- is.numeric(x) && length(x) == 1L && !is.na(x) && is.finite(x) &&
+    x == round(x) && x >= min && abs(x) <= .Machine$integer.max
+  if (!ok) {
+    what <- if (min == 1L) "a positive integer" else sprintf("an integer >= %d", min)
+    fedr_abort(sprintf("`%s` must be %s, not %s.", arg, what, describe(x)), arg)
+  }
+  as.integer(x)
+}
+
+# NULL or a seed.
+as_seed <- function(x, arg = "seed") {
+  if (is.null(x)) NULL else as_integer(x, arg, min = 0L)
+}
+
+# A short description of an R value for error messages.
+describe <- function(x) {
+  if (is.null(x)) {
+    return("NULL")
+  }
+  if (is.function(x)) {
+    return("a function")
+  }
+  if (inherits(x, "python.builtin.object")) {
+    return(sprintf("a Python object (%s)", class(x)[[1]]))
+  }
+  if (is.data.frame(x)) {
+    return(sprintf("a data frame (%d x %d)", nrow(x), ncol(x)))
+  }
+  if (is.atomic(x) && length(x) == 1L) {
+    value <- if (is.character(x)) paste0("\"", x, "\"") else format(x)
+    return(sprintf("%s (%s)", value, typeof(x)))
+  }
+  if (!is.null(dim(x))) {
+    return(sprintf("a %s array of dim %s", typeof(x), paste(dim(x), collapse = " x ")))
+  }
+  sprintf("a %s vector of length %d", typeof(x), length(x))
+}
+
+# ---- conversions: R values to numpy, once, in the layout the core wants.
+
+# Numeric matrix, array or data frame -> C-ordered float32 ndarray (n, ...).
+# Element [i, j] stays [i, j]; R is column-major, so this is the one copy.
+as_py_features <- function(x, arg = "x") {
+  if (is.data.frame(x)) {
+    bad <- !vapply(x, function(col) is.numeric(col) || is.logical(col), logical(1))
+    if (any(bad)) {
+      fedr_abort(sprintf(
+        "`%s` must have numeric columns only; column %s is not numeric.",
+        arg, paste0("`", names(x)[bad][[1]], "`")
+      ), arg)
+    }
+    x <- as.matrix(x)
+  }
+  if (is.null(dim(x))) {
+    fedr_abort(sprintf("`%s` must be a numeric matrix, array or data frame, not %s.", arg, describe(x)), arg)
+  }
+  if (!(is.numeric(x) || is.logical(x))) {
+    fedr_abort(sprintf("`%s` must be numeric, not %s.", arg, describe(x)), arg)
+  }
+  if (nrow(x) == 0L) {
+    fedr_abort(sprintf("`%s` has no rows.", arg), arg)
+  }
+  check_finite(x, arg)
+  storage.mode(x) <- "double"
+  np <- fedr_module("numpy")
+  fedr_call(np$ascontiguousarray(reticulate::r_to_py(x), dtype = "float32"))
+}
+
+# Labels (integer-valued numbers or a factor) -> int32 ndarray of length n.
+# A factor's codes become 0-based class ids (level 1 is class 0).
+as_py_labels <- function(y, n, arg = "y") {
+  if (is.factor(y)) y <- as.integer(y) - 1L
+  if (!is.numeric(y) || !is.null(dim(y)) && length(dim(y)) > 1L && all(dim(y) > 1L)) {
+    fedr_abort(sprintf("`%s` must be an integer vector or a factor, not %s.", arg, describe(y)), arg)
+  }
+  y <- as.vector(y)
+  check_finite(y, arg)
+  if (any(y != round(y))) {
+    fedr_abort(sprintf("`%s` must hold whole numbers (class ids); element %d is %s.", arg, which(y != round(y))[[1]], format(y[y != round(y)][[1]])), arg)
+  }
+  if (any(y < 0)) {
+    fedr_abort(sprintf("`%s` must hold class ids >= 0; element %d is %s.", arg, which(y < 0)[[1]], format(y[y < 0][[1]])), arg)
+  }
+  if (length(y) != n) {
+    fedr_abort(sprintf("`%s` must have one label per example (%d), not %d.", arg, n, length(y)), arg)
+  }
+  reticulate::np_array(as.integer(y), dtype = "int32")
+}
+
+check_finite <- function(x, arg) {
+  bad <- which(is.na(x) | is.infinite(x))
+  if (length(bad)) {
+    where <- if (is.null(dim(x))) {
+      sprintf("element %d", bad[[1]])
+    } else {
+      idx <- arrayInd(bad[[1]], dim(x))
+      sprintf("element [%s]", paste(idx, collapse = ", "))
+    }
+    fedr_abort(sprintf(
+      "`%s` must not contain NA, NaN or infinite values; %s is %s (%d in all).",
+      arg, where, format(x[bad[[1]]]), length(bad)
+    ), arg)
+  }
+  invisible(x)
+}
+
+# A Python value back to R; 1-d arrays become plain vectors, recursively.
+from_py <- function(x) simplify_r(reticulate::py_to_r(x))
+
+simplify_r <- function(x) {
+  if (is.list(x) && !is.data.frame(x)) {
+    return(lapply(x, simplify_r))
+  }
+  if (is.atomic(x) && length(dim(x)) <= 1L) {
+    return(as.vector(x))
+  }
+  x
+}
+
+# A named numeric vector from a Python dict of numbers.
+as_metrics <- function(x) {
+  values <- reticulate::py_to_r(x)
+  unlist(lapply(values, as.double))
+}

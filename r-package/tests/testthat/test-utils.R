@@ -1,0 +1,89 @@
+# Argument checks and error conversion: pure R, no Python needed.
+
+test_that("fedr_abort() signals a fedr_error naming the argument", {
+  err <- tryCatch(fedr:::fedr_abort("`rounds` is bad.", "rounds"), error = identity)
+  expect_s3_class(err, c("fedr_error", "error", "condition"))
+  expect_identical(err$arg, "rounds")
+  expect_identical(conditionMessage(err), "`rounds` is bad.")
+})
+
+test_that("as_integer() accepts whole numbers and names the argument otherwise", {
+  expect_identical(fedr:::as_integer(3, "rounds"), 3L)
+  expect_identical(fedr:::as_integer(0, "seed", min = 0L), 0L)
+  for (bad in list(0, -1, 2.5, NA, NA_integer_, Inf, "3", c(1, 2), NULL, TRUE)) {
+    expect_error(fedr:::as_integer(bad, "rounds"), "`rounds` must be a positive integer", class = "fedr_error")
+  }
+})
+
+test_that("as_number() bounds and rejects NA and NaN", {
+  expect_identical(fedr:::as_number(0.5, "alpha", min = 0, min_inclusive = FALSE), 0.5)
+  expect_error(fedr:::as_number(0, "alpha", min = 0, min_inclusive = FALSE), "`alpha`.*> 0", class = "fedr_error")
+  expect_error(fedr:::as_number(NaN, "alpha"), "`alpha`", class = "fedr_error")
+  expect_error(fedr:::as_number(NA_real_, "alpha"), "`alpha`", class = "fedr_error")
+})
+
+test_that("check_string() and check_flag() name the argument and the choices", {
+  expect_identical(fedr:::check_string("iid", "method", c("sequential", "iid")), "iid")
+  expect_error(fedr:::check_string("random", "method", c("sequential", "iid")),
+    "`method` must be one of \"sequential\", \"iid\", not \"random\"",
+    class = "fedr_error"
+  )
+  expect_error(fedr:::check_string(NA_character_, "name"), "`name` must be a single string", class = "fedr_error")
+  expect_error(fedr:::check_flag(NA, "verbose"), "`verbose` must be TRUE or FALSE", class = "fedr_error")
+})
+
+test_that("check_finite() points at the first NA, NaN or Inf", {
+  m <- matrix(1, 3, 2)
+  m[2, 2] <- NaN
+  expect_error(fedr:::check_finite(m, "x"), "element \\[2, 2\\] is NaN \\(1 in all\\)", class = "fedr_error")
+  expect_error(fedr:::check_finite(c(1, NA, Inf), "y"), "element 2 is NA \\(2 in all\\)", class = "fedr_error")
+})
+
+test_that("python_error() keeps the Python message and drops tracebacks", {
+  fake <- simpleError("ValueError: client 'client_3': has no examples\n\nDetailed traceback:\n  File \"x.py\", line 1")
+  parsed <- fedr:::python_error(fake)
+  expect_identical(parsed$message, "ValueError: client 'client_3': has no examples")
+  fed <- fedr:::python_error(simpleError("fedr.errors.FedTypeError: expected float32*, got str"))
+  expect_identical(fed$message, "TypeError: expected float32*, got str")
+  tf <- fedr:::python_error(simpleError(paste0(
+    "ValueError: in user code:\n\n    File \"client.py\", line 88, in _batches  *\n",
+    "        for i in tf.range(n):\n\n    ValueError: shapes differ\n"
+  )))
+  expect_identical(tf$message, "ValueError: shapes differ")
+  plain <- fedr:::python_error(simpleError("something odd"))
+  expect_identical(plain$message, "something odd")
+})
+
+test_that("fedr_find_python() honours the option, FEDR_PYTHON, RETICULATE_PYTHON, then .venv", {
+  root <- withr::local_tempdir()
+  dir.create(file.path(root, ".venv", "bin"), recursive = TRUE)
+  file.create(file.path(root, ".venv", "bin", "python"))
+  deep <- file.path(root, "a", "b")
+  dir.create(deep, recursive = TRUE)
+  withr::local_envvar(FEDR_PYTHON = NA, RETICULATE_PYTHON = NA)
+  withr::local_options(fedr.python = NULL)
+  expect_identical(
+    normalizePath(fedr:::fedr_find_python(deep)),
+    normalizePath(file.path(root, ".venv", "bin", "python"))
+  )
+  withr::local_envvar(RETICULATE_PYTHON = "/opt/reticulate/python")
+  expect_identical(fedr:::fedr_find_python(deep), "/opt/reticulate/python")
+  withr::local_envvar(FEDR_PYTHON = "/opt/fedr/python")
+  expect_identical(fedr:::fedr_find_python(deep), "/opt/fedr/python")
+  withr::local_options(fedr.python = "/opt/option/python")
+  expect_identical(fedr:::fedr_find_python(deep), "/opt/option/python")
+})
+
+test_that("the install hint names `make setup`", {
+  expect_match(fedr:::fedr_missing_message("no module"), "no module.*make setup")
+})
+
+test_that("library(fedr) does not start Python", {
+  rscript <- file.path(R.home("bin"), "Rscript")
+  code <- sprintf(
+    ".libPaths(c(%s)); library(fedr); cat(reticulate::py_available(initialize = FALSE))",
+    paste0("'", .libPaths(), "'", collapse = ", ")
+  )
+  out <- system2(rscript, c("--vanilla", "-e", shQuote(code)), stdout = TRUE, stderr = FALSE)
+  expect_identical(utils::tail(out, 1), "FALSE")
+})
