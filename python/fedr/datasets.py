@@ -267,7 +267,8 @@ class ClientData:
         FedValueError: a shape, value or offset is wrong; the message names the client.
     """
 
-    __slots__ = ("_client_id", "_offsets", "_x", "_y")
+    # __weakref__: the training path caches each client's tensors, keyed weakly by the client.
+    __slots__ = ("__weakref__", "_client_id", "_offsets", "_x", "_y")
 
     def __init__(
         self,

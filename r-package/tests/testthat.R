@@ -3,4 +3,8 @@
 library(testthat)
 library(fedr)
 
-test_check("fedr")
+results <- as.data.frame(test_check("fedr"))
+# A plain closing line for CI logs (test_check() stops before this on a failure).
+cat(sprintf("testthat: %d passed, %d failed, %d skipped\n",
+            sum(results$nb) - sum(results$failed) - sum(results$skipped),
+            sum(results$failed), sum(results$skipped)))

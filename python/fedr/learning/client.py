@@ -9,6 +9,9 @@ batch by batch on the predictions made just before that batch's update
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -18,7 +21,47 @@ from fedr.datasets import ClientData
 from fedr.errors import FedValueError
 from fedr.learning.model import Model
 
-__all__ = ["ClientOutput", "ClientRunner"]
+__all__ = ["ClientOutput", "ClientRunner", "client_tensors"]
+
+
+def _single_threaded_ops() -> None:
+    """Run each TensorFlow op on one thread, unless TensorFlow is already running.
+
+    fedr's parallelism is across clients (one worker per core); per-op threads
+    on a client's small batches only contend with the other workers (measured
+    in bench/README.md).  ``FEDR_TF_INTRA_OP_THREADS`` overrides the count.
+    """
+    threads = int(os.environ.get("FEDR_TF_INTRA_OP_THREADS", "1"))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already initialized by the caller: keep its settings
+        pass
+
+
+_single_threaded_ops()
+
+_TENSORS: weakref.WeakKeyDictionary[ClientData, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()
+_TENSORS_LOCK = threading.Lock()
+
+
+def client_tensors(client: ClientData) -> tuple[Any, Any, Any]:
+    """Return the client's x, y and offsets as tensors, converted once per client.
+
+    Converting copies the arrays (about 6 ms for 6000 images of 784 floats), so
+    the tensors are kept for as long as the ClientData lives; a ClientData is
+    treated as immutable.
+    """
+    with _TENSORS_LOCK:
+        cached = _TENSORS.get(client)
+    if cached is None:
+        cached = (
+            tf.convert_to_tensor(client.x),
+            tf.convert_to_tensor(client.y),
+            tf.convert_to_tensor(client.offsets),
+        )
+        with _TENSORS_LOCK:
+            _TENSORS[client] = cached
+    return cached
 
 
 class ClientOutput(NamedTuple):
@@ -137,16 +180,14 @@ class ClientRunner:
 
     def train(self, flat_weights: np.ndarray, client: ClientData) -> ClientOutput:
         """Train on ``client`` from ``flat_weights`` for the local epochs; one graph call."""
-        delta, count, metrics, loss_sum, finite = self._train(
-            flat_weights, client.x, client.y, client.offsets
-        )
+        delta, count, metrics, loss_sum, finite = self._train(flat_weights, *client_tensors(client))
         return ClientOutput(
             delta.numpy(), int(count), metrics.numpy(), float(loss_sum), bool(finite)
         )
 
     def evaluate(self, flat_weights: np.ndarray, client: ClientData) -> tuple[np.ndarray, float, int]:
         """Evaluate ``flat_weights`` on ``client``: metrics, loss sum and example count."""
-        metrics, loss_sum, count = self._eval(flat_weights, client.x, client.y, client.offsets)
+        metrics, loss_sum, count = self._eval(flat_weights, *client_tensors(client))
         return metrics.numpy(), float(loss_sum), int(count)
 
     def flat_weights(self) -> np.ndarray:
