@@ -9,7 +9,6 @@ batch by batch on the predictions made just before that batch's update
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from typing import Any, NamedTuple
@@ -23,22 +22,6 @@ from fedr.learning.model import Model
 
 __all__ = ["ClientOutput", "ClientRunner", "client_tensors"]
 
-
-def _single_threaded_ops() -> None:
-    """Run each TensorFlow op on one thread, unless TensorFlow is already running.
-
-    fedr's parallelism is across clients (one worker per core); per-op threads
-    on a client's small batches only contend with the other workers (measured
-    in bench/README.md).  ``FEDR_TF_INTRA_OP_THREADS`` overrides the count.
-    """
-    threads = int(os.environ.get("FEDR_TF_INTRA_OP_THREADS", "1"))
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-    except RuntimeError:  # TensorFlow already initialized by the caller: keep its settings
-        pass
-
-
-_single_threaded_ops()
 
 _TENSORS: weakref.WeakKeyDictionary[ClientData, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()
 _TENSORS_LOCK = threading.Lock()
