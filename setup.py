@@ -1,9 +1,14 @@
 """Build fedr and its C++ extension fedr._kernels (metadata is in pyproject.toml)."""
 
+import tomllib
+from pathlib import Path
+
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
 
-__version__ = "0.1.0"  # keep equal to [project].version in pyproject.toml
+# One version, in pyproject.toml.
+with open(Path(__file__).with_name("pyproject.toml"), "rb") as f:
+    __version__ = tomllib.load(f)["project"]["version"]
 
 ext_modules = [
     Pybind11Extension(

@@ -9,6 +9,7 @@ quick, and ``fedr.learning`` loads on first use.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from typing import Any
 
@@ -38,7 +39,10 @@ from fedr.computations import (
 )
 from fedr.errors import FedError, FedTypeError, FedValueError
 
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("fedr")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0+unknown"
 
 __all__ = [
     "CLIENTS",
