@@ -114,8 +114,8 @@ def _clients(data: Any, runner: ClientRunner) -> list[ClientData]:
 class FederatedEvaluation:
     """Evaluates server weights on held-out client data; example-weighted metrics."""
 
-    def __init__(self, model_fn: Callable[[], Model], runner: ClientRunner | None = None) -> None:
-        self.runner = runner if runner is not None else ClientRunner(_build_model(model_fn))
+    def __init__(self, runner: ClientRunner) -> None:
+        self.runner = runner
 
     def __call__(self, state: ServerState | Sequence[np.ndarray], data: Any) -> dict[str, float]:
         """Return the metrics of ``state``'s weights over every client in ``data``.
@@ -162,7 +162,6 @@ class FedAvgProcess:
             workers = min(2, os.cpu_count() or 1)
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
             raise FedValueError(f"workers: expected a positive integer, got {workers!r}")
-        self.model_fn = model_fn
         # One model and client optimizer per worker thread: TensorFlow releases the
         # GIL while a graph runs, so clients train in parallel on separate cores.
         self.runners = [
@@ -183,7 +182,7 @@ class FedAvgProcess:
         lr = getattr(self._server_opt, "_learning_rate", None)
         self._server_opt_vars = [v for v in self._server_opt.variables if v is not lr]
         self._apply = tf.function(self._apply_graph)
-        self._evaluation = FederatedEvaluation(model_fn, runner=self.runner)
+        self._evaluation = FederatedEvaluation(self.runner)
 
     def __repr__(self) -> str:
         return (
@@ -316,7 +315,7 @@ def build_fed_eval(model_fn: Callable[[], Model]) -> FederatedEvaluation:
     Returns:
         A callable :class:`FederatedEvaluation`.
     """
-    return FederatedEvaluation(model_fn)
+    return FederatedEvaluation(ClientRunner(_build_model(model_fn)))
 
 
 def sample_clients(clients: Sequence[Any], fraction: float, *, seed: int | None = None) -> list[Any]:
