@@ -151,7 +151,7 @@ def without_kernel(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """Load a fresh copy of fedr.aggregators as if fedr._kernels were not built."""
     monkeypatch.setitem(sys.modules, "fedr._kernels", None)
     monkeypatch.delattr(fedr, "_kernels", raising=False)
-    spec = importlib.util.spec_from_file_location("fedr_aggregators_nokernel", aggregators.__file__)
+    spec = importlib.util.spec_from_file_location("fedr_aggregators_nokernel", aggregators._weighted_mean.__file__)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -97,9 +97,57 @@ def test_wrong_type_spec_kinds():
         fedr.SequenceType("float33")
 
 
-def test_weighted_mean_rejects_bad_weights():
-    with pytest.raises(ValueError, match="weight: expected finite non-negative"):
-        fedr.federated_mean([1.0, 2.0], [1.0, -1.0])
-    with pytest.raises(ValueError, match="weight: expected 2 scalar weights"):
-        fedr.federated_mean([1.0, 2.0], [1.0, 2.0, 3.0])
+@pytest.mark.parametrize(
+    ("weight", "message"),
+    [
+        ([1.0, -1.0], "weight: weights[1] is -1.0; weights must be non-negative"),
+        ([1.0, np.inf], "weight: weights[1] is inf; weights must be finite"),
+        ([0.0, 0.0], "weight: weights sum to 0.0; the total weight must be positive and finite"),
+        ([1.0, 2.0, 3.0], "weight: weights has 3 entries but updates has K=2"),
+    ],
+)
+def test_weighted_mean_rejects_bad_weights(weight, message):
+    with pytest.raises(fedr.FedValueError, match=f"^{re.escape(message)}$"):
+        fedr.federated_mean([1.0, 2.0], weight)
+
+
+def test_weighted_mean_uses_the_aggregators_rules(monkeypatch):
+    """One owner for the rules on weights: fedr.aggregators._check_weights."""
+    from fedr import aggregators
+
+    seen = []
+
+    def spy(weights, k):
+        seen.append((np.asarray(weights).tolist(), k))
+        return np.asarray(weights, dtype=np.float64)
+
+    monkeypatch.setattr(aggregators, "_check_weights", spy)
+    fedr.federated_mean([1.0, 2.0], [1.0, 3.0])
+    assert seen == [([1.0, 3.0], 2)]
+
+
+def test_values_from_r_fit_scalar_and_sequence_types(local_average):
+    # R has no scalars: a number is a vector of length one.
+    assert fedr.SequenceType("float32").convert(13.0, from_r=True).cardinality().numpy() == 1
+    assert fedr.TensorType("float32", [None]).convert(2.0, from_r=True).tolist() == [2.0]
+    with pytest.raises(TypeError, match=r"^expected float32\*, got float$"):
+        fedr.SequenceType("float32").convert(13.0)
+    clients = fedr.FederatedType(fedr.SequenceType("float32"), fedr.CLIENTS)
+    # ... and R counts clients from 1.
+    with pytest.raises(TypeError, match=r"^client 2: expected float32\*, got str$"):
+        clients.convert([[1.0], "a"], from_r=True)
+    with pytest.raises(TypeError, match=r"^client 1: expected float32\*, got str$"):
+        clients.convert([[1.0], "a"])
+    assert clients.convert([[1.0, 1.0, 1.0], 13.0], from_r=True).placement is fedr.CLIENTS
+
+
+@pytest.mark.parametrize("shape", [(-1,), (2.5,), ("a",), (True,)])
+def test_tensor_type_rejects_bad_shapes(shape):
+    with pytest.raises(TypeError, match=r"^shape: expected non-negative whole numbers or None"):
+        fedr.TensorType("float32", shape)
+
+
+def test_tensor_type_shape_takes_whole_floats_and_none():
+    assert fedr.TensorType("float32", [None, 784.0]).shape == (None, 784)
+    assert str(fedr.TensorType("float32", [None, 784.0])) == "float32[?,784]"
 

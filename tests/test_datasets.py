@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from fedr.datasets import (
     Dataset,
     DatasetNotFoundError,
     as_client_data,
+    as_labels,
     label_distribution,
     load_dataset,
     load_fashion_mnist,
@@ -26,6 +28,7 @@ from fedr.datasets import (
     prepare_images,
     read_idx,
     read_npz,
+    read_rds,
     split_indices,
     to_batches,
 )
@@ -1080,3 +1083,89 @@ def test_label_distribution_counts_per_client():
         label_distribution(clients, num_classes=2)
     with pytest.raises(FedValueError, match=r"client 'client_0': y holds 2-D targets, not labels"):
         label_distribution([(np.zeros((2, 1)), np.zeros((2, 1)))])
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def test_as_labels_returns_int32_and_names_the_argument():
+    labels = as_labels(np.array([0.0, 9.0, 3.0]), 3, what="`labels`")
+    assert labels.dtype == np.int32
+    assert_array_equal(labels, [0, 9, 3])
+    assert as_labels([1, 2]).tolist() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("y", "n", "error", "message"),
+    [
+        ([0.0, 0.5], None, FedValueError, "`labels` must hold whole-number labels; got non-integer floats"),
+        ([0, -1], None, FedValueError, "`labels` must hold non-negative labels; got -1"),
+        (["a", "b"], None, FedTypeError, "`labels` must be integer labels; got dtype <U1"),
+        ([[0, 1], [1, 0]], None, FedValueError, "`labels` must be 1-D labels; got shape (2, 2)"),
+        ([0, 1, 1], 2, FedValueError, "`labels` must have one label per example (2); got 3"),
+        ([2**40], None, FedValueError, "`labels` has labels beyond int32; got 1099511627776"),
+    ],
+)
+def test_as_labels_rejects_what_client_data_rejects(y, n, error, message):
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        as_labels(y, n, what="`labels`")
+
+
+# --------------------------------------------------------------------------- .rds files
+
+
+def _rscript(code: str) -> None:
+    """Run plain R in a subprocess (R that only writes data: no reticulate)."""
+    import shutil
+    import subprocess
+
+    rscript = shutil.which("Rscript")
+    if rscript is None:
+        pytest.skip("Rscript is needed to write .rds files")
+    subprocess.run([rscript, "--vanilla", "-e", code], check=True, capture_output=True, text=True)
+
+
+def test_read_rds_reads_a_data_frame_and_a_list_of_clients(tmp_path):
+    pytest.importorskip("rpy2.robjects", reason="rpy2 (and R) are needed to read .rds files")
+    one, many = tmp_path / "ward_a.rds", tmp_path / "clients.rds"
+    _rscript(
+        f"saveRDS(data.frame(age = c(31, 45.5, 60), dose = 1:3,"
+        f" label = factor(c('sick', 'well', 'sick'), levels = c('well', 'sick'))), '{one}');"
+        f" saveRDS(list(north = data.frame(t = c(0.25, 0.5), label = c(1L, 0L)),"
+        f" south = list(x = matrix(c(1, 2, 3, 4, 5, 6), nrow = 3), y = c(2, 0, 1))), '{many}')"
+    )
+
+    ward = read_rds(one, batch_size=2)
+    clients = read_rds(many, batch_size=2)
+
+    assert isinstance(ward, ClientData)
+    assert ward.client_id == "ward_a"
+    assert ward.x.dtype == np.float32
+    assert_array_equal(ward.x, np.array([[31, 1], [45.5, 2], [60, 3]], np.float32))
+    assert ward.y.dtype == np.int32
+    assert_array_equal(ward.y, [1, 0, 1])  # level 1 ("well") is class 0
+    assert_array_equal(ward.offsets, [0, 2, 3])
+    assert [c.client_id for c in clients] == ["north", "south"]
+    assert_array_equal(clients[0].x, np.array([[0.25], [0.5]], np.float32))
+    assert_array_equal(clients[0].y, [1, 0])
+    assert_array_equal(clients[1].x, np.array([[1, 4], [2, 5], [3, 6]], np.float32))
+    assert_array_equal(clients[1].y, [2, 0, 1])
+    assert_array_equal(clients[1].offsets, [0, 2, 3])
+
+
+def test_read_rds_applies_the_label_rule(tmp_path):
+    pytest.importorskip("rpy2.robjects", reason="rpy2 (and R) are needed to read .rds files")
+    path = tmp_path / "bad.rds"
+    _rscript(f"saveRDS(data.frame(a = c(1, 2), label = c(0, -1)), '{path}')")
+    message = "client 'bad': column 'label' must hold non-negative labels; got -1.0"
+    with pytest.raises(FedValueError, match=f"^{re.escape(message)}$"):
+        read_rds(path)
+
+
+def test_read_rds_without_rpy2_says_what_to_install(tmp_path, monkeypatch):
+    path = tmp_path / "any.rds"
+    path.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "rpy2", None)
+    monkeypatch.setitem(sys.modules, "rpy2.robjects", None)
+    with pytest.raises(ImportError, match=r"needs rpy2 and R: pip install 'rpy2==3\.5\.17'"):
+        read_rds(path)

@@ -222,25 +222,25 @@ def test_bad_inputs():
         learning.from_keras_model("model", loss="sparse_categorical_crossentropy")
 
 
-def test_non_finite_client_update_is_dropped(monkeypatch):
+def test_non_finite_client_update_is_dropped_and_named():
     clients = _clients()
-    process = learning.build_weighted_fed_avg(_model_fn, learning.optimizer_fn("sgd", 0.1))
+    # Linear regression: features of 1e18 make the first step's weights huge and the second's Inf/NaN.
+    diverging = ClientData(np.full((8, FEATURES), 1e18, np.float32), np.ones(8, int), batch_size=4, client_id="wild")
+
+    def regression_fn():
+        model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(1, kernel_initializer="ones")])
+        return learning.from_keras_model(model, loss="mean_squared_error")
+
+    process = learning.build_weighted_fed_avg(regression_fn, learning.optimizer_fn("sgd", 0.1))
     state = process.initialize()
-    without, _ = process.next(state, clients[:2])
-    for runner in process.runners:
-
-        def diverging(weights, client, train=runner.train):
-            out = train(weights, client)
-            if client.client_id == "client_2":
-                return out._replace(delta=out.delta * np.nan, finite=False)
-            return out
-
-        monkeypatch.setattr(runner, "train", diverging)
-    with_bad, metrics = process.next(state, clients)
-    np.testing.assert_allclose(with_bad.flat_weights, without.flat_weights, rtol=1e-6)
-    assert metrics["num_clients"] == 3
-    with pytest.raises(ValueError, match="no client produced a finite model update"):
-        process.next(state, clients[2:])
+    without, metrics_without = process.next(state, clients)
+    with pytest.warns(learning.ClientsDroppedWarning, match=r"round 1: 1 client\(s\) left out .*: wild"):
+        with_bad, metrics = process.next(state, [*clients, diverging])
+    np.testing.assert_array_equal(with_bad.flat_weights, without.flat_weights)
+    assert metrics == {**metrics_without, "num_clients_dropped": 1}
+    assert metrics["num_clients"] == 3 and metrics_without["num_clients_dropped"] == 0
+    with pytest.raises(ValueError, match=r"round 1: every client's update was non-finite .*wild.*lower the client learning rate"):
+        process.next(state, [diverging])
 
 
 def test_loss_and_metric_given_by_name_match_objects():

@@ -20,7 +20,7 @@ from typing import Any
 # from R; set TF_NUM_INTRAOP_THREADS yourself to choose otherwise.
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
-from fedr import aggregators, datasets, errors
+from fedr import aggregators, datasets, errors, executors
 from fedr.computations import (
     CLIENTS,
     SERVER,
@@ -59,6 +59,7 @@ __all__ = [
     "aggregators",
     "datasets",
     "errors",
+    "executors",
     "federated_broadcast",
     "federated_computation",
     "federated_map",

@@ -48,9 +48,11 @@ def _labels_1d(y: Any, what: str) -> np.ndarray:
 
 
 class ClientData:
-    """One client's examples as contiguous arrays plus batch offsets.
+    """One client's examples as read-only contiguous arrays plus batch offsets.
 
-    Batch ``i`` is rows ``offsets[i]:offsets[i + 1]`` of ``x`` and ``y``, so
+    The arrays are read-only (copied on construction when the caller could
+    still write to them), so nothing cached from them goes stale; to change a
+    client's data, make a new ClientData. Batch ``i`` is rows ``offsets[i]:offsets[i + 1]`` of ``x`` and ``y``, so
     training walks batches without a Python object per batch; :meth:`batches`
     gives the reference's list of ``OrderedDict(x=..., y=...)`` as views.
 
@@ -202,12 +204,25 @@ class ClientData:
         )
 
 
+def _read_only(array: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """``array`` made read-only, copied first if it shares memory the caller can still write.
+
+    A client's arrays never change after construction, so the tensors cached
+    from them cannot go stale; to change data, make a new ClientData.
+    """
+    if array.flags.writeable and np.may_share_memory(array, given) and given.flags.writeable:
+        array = array.copy()
+    array.flags.writeable = False
+    return array
+
+
 def _validate_client(
     x: Any, y: Any, batch_size: int | None, offsets: Any, client_id: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Convert and check a client's arrays and batch offsets, naming the client in errors."""
     where = f"client {client_id!r}"
     x, y = np.asarray(x), np.asarray(y)
+    given_x, given_y = x, y
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise FedTypeError(f"{where}: x must be a float or integer array; got dtype {x.dtype}")
     if x.ndim < 2:
@@ -221,17 +236,17 @@ def _validate_client(
     n = len(x)
     if n == 0:
         raise FedValueError(f"{where}: has no examples")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = _read_only(np.ascontiguousarray(x, dtype=np.float32), given_x)
     _check_finite(x, f"{where}: x")
     if y.ndim == 1:
         labels = _labels_1d(y, f"{where}: y")
         if labels.max() > np.iinfo(np.int32).max:
             raise FedValueError(f"{where}: y has labels beyond int32; got {labels.max()}")
-        y = labels.astype(np.int32)
+        y = _read_only(labels.astype(np.int32), given_y)
     else:
         if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
             raise FedTypeError(f"{where}: y must be a float or integer array; got dtype {y.dtype}")
-        y = np.ascontiguousarray(y, dtype=np.float32)
+        y = _read_only(np.ascontiguousarray(y, dtype=np.float32), given_y)
         _check_finite(y, f"{where}: y")
     if batch_size is not None and offsets is not None:
         raise FedValueError(f"{where}: give `batch_size` or `offsets`, not both")

@@ -88,6 +88,23 @@ def _dtype_name(dtype: Any) -> str:
     return name
 
 
+def _shape(shape: Any) -> tuple[int | None, ...]:
+    """A shape as a tuple of non-negative ints, None for an unknown dimension."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise FedTypeError(f"shape: expected a sequence of dimensions, got {shape!r}") from None
+    out: list[int | None] = []
+    for d in dims:
+        whole = isinstance(d, (int, np.integer, float, np.floating)) and not isinstance(d, bool)
+        if d is not None and not (whole and d >= 0 and float(d).is_integer()):
+            raise FedTypeError(
+                f"shape: expected non-negative whole numbers or None (unknown), got {list(dims)}"
+            )
+        out.append(None if d is None else int(d))
+    return tuple(out)
+
+
 def _as_placement(placement: Any) -> Placement:
     if isinstance(placement, Placement):
         return placement
@@ -107,7 +124,7 @@ class TensorType:
 
     def __init__(self, dtype: Any, shape: Sequence[int | None] = ()) -> None:
         object.__setattr__(self, "dtype", _dtype_name(dtype))
-        object.__setattr__(self, "shape", tuple(shape))
+        object.__setattr__(self, "shape", _shape(shape))
 
     def __str__(self) -> str:
         if not self.shape:
@@ -115,9 +132,15 @@ class TensorType:
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
         return f"{self.dtype}[{dims}]"
 
-    def convert(self, value: Any) -> np.ndarray:
-        """Return ``value`` as an array of this type, or raise FedTypeError."""
+    def convert(self, value: Any, *, from_r: bool = False) -> np.ndarray:
+        """Return ``value`` as an array of this type, or raise FedTypeError.
+
+        With ``from_r``, a number fits a type of shape ``(1,)`` or ``(None,)``:
+        R has no scalars, its numbers are vectors of length one.
+        """
         arr = _numeric_array(value, self)
+        if from_r and arr.ndim == 0 and len(self.shape) == 1 and self.shape[0] in (None, 1):
+            arr = arr.reshape(1)
         if len(arr.shape) != len(self.shape) or any(
             d is not None and d != s for d, s in zip(self.shape, arr.shape)
         ):
@@ -139,8 +162,12 @@ class SequenceType:
     def __str__(self) -> str:
         return f"{self.element}*"
 
-    def convert(self, value: Any) -> Any:
-        """Return ``value`` as a ``tf.data.Dataset`` of this type, or raise FedTypeError."""
+    def convert(self, value: Any, *, from_r: bool = False) -> Any:
+        """Return ``value`` as a ``tf.data.Dataset`` of this type, or raise FedTypeError.
+
+        With ``from_r``, a single number is a sequence of one element, as an R
+        vector of length one is.
+        """
         import tensorflow as tf
 
         if isinstance(value, tf.data.Dataset):
@@ -148,6 +175,8 @@ class SequenceType:
             if getattr(spec, "dtype", None) is None or spec.dtype.name != self.element.dtype:
                 raise _mismatch(self, value)
             return value
+        if from_r and not self.element.shape and isinstance(value, (int, float, np.number)):
+            value = [value]
         if isinstance(value, (str, bytes, Mapping)) or not _is_sequence(value):
             raise _mismatch(self, value)
         items = list(value)
@@ -179,21 +208,26 @@ class FederatedType:
             return f"{{{self.member}}}@CLIENTS"
         return f"{self.member}@SERVER"
 
-    def convert(self, value: Any) -> FederatedValue:
-        """Check ``value`` against this type and place it."""
+    def convert(self, value: Any, *, from_r: bool = False) -> FederatedValue:
+        """Check ``value`` against this type and place it.
+
+        With ``from_r``, members are converted as values from R (see
+        :meth:`TensorType.convert`) and messages count clients from 1, as R does.
+        """
         if isinstance(value, FederatedValue):
             if value.placement != self.placement:
                 raise _mismatch(self, value)
             return value
         if self.placement is SERVER:
-            return FederatedValue([self.member.convert(value)], SERVER, all_equal=True)
+            member = self.member.convert(value, from_r=from_r)
+            return FederatedValue([member], SERVER, all_equal=True)
         if isinstance(value, (str, bytes, Mapping)) or not _is_sequence(value):
             raise _mismatch(self, value)
         members = list(value)
         converted = []
-        for i, member in enumerate(members):
+        for i, member in enumerate(members, start=1 if from_r else 0):
             try:
-                converted.append(self.member.convert(member))
+                converted.append(self.member.convert(member, from_r=from_r))
             except FedTypeError as err:
                 raise FedTypeError(f"client {i}: {err}") from None
         return FederatedValue(converted, CLIENTS)
@@ -421,28 +455,31 @@ def federated_mean(value: Any, weight: Any = None) -> FederatedValue:
 
     Args:
         value: A federated value at ``CLIENTS`` (scalars or arrays of one shape).
-        weight: Optional client-placed non-negative weights, one per client.
+        weight: Optional client-placed weights, one per client: finite,
+            non-negative, with a positive sum (the rules of
+            :func:`fedr.aggregators.weighted_mean`).
 
     Returns:
         A federated value at ``SERVER``.
 
     Raises:
-        FedValueError: no clients, mismatched counts, negative or all-zero weights.
+        FedValueError: no clients, or weights that break those rules (the
+            message starts with ``weight:``).
     """
     placed = _placed(value, "value")
     stacked = _stack(placed.members, "value")
     if weight is None:
         mean = stacked.mean(axis=0)
     else:
+        # The rules on weights are the aggregators' (imported here: fedr.aggregators
+        # loads the C++ kernel).
+        from fedr.aggregators import _check_weights
+
         w = _stack(_placed(weight, "weight").members, "weight")
-        if w.shape != (stacked.shape[0],):
-            raise FedValueError(
-                f"weight: expected {stacked.shape[0]} scalar weights, got shape {w.shape}"
-            )
-        if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-            raise FedValueError(
-                f"weight: expected finite non-negative weights with a positive sum, got {w.tolist()}"
-            )
+        try:
+            w = _check_weights(w, stacked.shape[0])
+        except FedValueError as err:
+            raise FedValueError(f"weight: {err}") from None
         mean = np.tensordot(w / w.sum(), stacked, axes=1)
     return FederatedValue([mean.astype(_result_dtype(placed.members))], SERVER, True)
 

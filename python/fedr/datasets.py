@@ -18,8 +18,9 @@ readers and loaders live in :mod:`fedr._idx` and are re-exported here.
 
 from __future__ import annotations
 
+import os
 from itertools import pairwise
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -51,6 +52,7 @@ __all__ = [
     "Dataset",
     "DatasetNotFoundError",
     "as_client_data",
+    "as_labels",
     "label_distribution",
     "load_dataset",
     "load_fashion_mnist",
@@ -60,6 +62,7 @@ __all__ = [
     "prepare_images",
     "read_idx",
     "read_npz",
+    "read_rds",
     "split_indices",
     "to_batches",
 ]
@@ -110,6 +113,71 @@ def prepare_images(x: Any) -> np.ndarray:
         _check_finite(out, "`x`")
         return out
     raise FedTypeError(f"`x` must be an integer or float array; got dtype {x.dtype}")
+
+
+def as_labels(y: Any, n: int | None = None, *, what: str = "`y`") -> np.ndarray:
+    """Return class labels as int32 after checking them, as :class:`ClientData` does.
+
+    The one rule on labels (a 1-D array of whole numbers >= 0) is applied here
+    for callers that convert labels before they build clients, such as the R
+    package, so that its messages name their argument.
+
+    Args:
+        y: 1-D labels: integers, or whole-number floats such as ``[0., 9.]``.
+        n: the number of examples they label, or None for any number.
+        what: how messages name ``y``, e.g. ``"`labels`"``.
+
+    Returns:
+        A 1-D int32 array.
+
+    Raises:
+        FedTypeError: ``y`` is not numeric.
+        FedValueError: ``y`` is not 1-D, holds fractions, negative or non-finite
+            values or labels beyond int32, or does not have ``n`` elements.
+    """
+    labels = _labels_1d(y, what)
+    if n is not None and len(labels) != n:
+        raise FedValueError(f"{what} must have one label per example ({n}); got {len(labels)}")
+    if labels.size and labels.max() > np.iinfo(np.int32).max:
+        raise FedValueError(f"{what} has labels beyond int32; got {labels.max()}")
+    return labels.astype(np.int32)
+
+
+def read_rds(
+    path: str | os.PathLike[str],
+    *,
+    label: str | None = None,
+    batch_size: int | None = None,
+) -> ClientData | list[ClientData]:
+    """Read client data from an ``.rds`` file written by R's ``saveRDS()``.
+
+    The file holds one client's data or a list of clients, each one of: a
+    numeric matrix or array with a label column, a data frame of numeric
+    columns plus a label column, or a ``list(x =, y =)``. Labels may be whole
+    numbers or a factor (level 1 is class 0). The file is read by R itself
+    through rpy2 (see :mod:`fedr.rdata`); rpy2 is imported only here.
+
+    Args:
+        path: The ``.rds`` file.
+        label: The name of the label column of data frames and matrices;
+            None means ``"label"`` for data frames.
+        batch_size: Rows per batch; None makes one batch of all rows.
+
+    Returns:
+        A :class:`ClientData` for one client (its id is the file's name
+        without ``.rds``), or a list of them for a list of clients (ids from
+        the list's names, ``client_<i>`` where unnamed).
+
+    Raises:
+        ImportError: rpy2 or R is missing (``pip install 'rpy2==3.5.17'``).
+        FileNotFoundError: there is no such file.
+        FedTypeError: an object is not client data, or a column is not numeric.
+        FedValueError: a missing label column, NA or NaN values, labels that
+            are not class ids, or lengths that differ.
+    """
+    from fedr import rdata
+
+    return rdata.read_rds(path, label=label, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------- splits
@@ -247,6 +315,9 @@ def make_clients(
     """
     batch_size = _positive_int(batch_size, "batch_size")
     xs = prepare_images(x)
+    if not np.may_share_memory(xs, np.asarray(x)):
+        # A new array that clients view: read-only, so ClientData need not copy it.
+        xs.flags.writeable = False
     y = np.asarray(y)
     if y.ndim == 0 or len(y) != len(xs):
         raise FedValueError(f"`x` has {len(xs)} rows but `y` has shape {y.shape}")

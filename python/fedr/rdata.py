@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fedr.datasets import ClientData
+from fedr.datasets import ClientData, as_labels
 from fedr.errors import FedTypeError, FedValueError
 
 __all__ = ["client_data_from_r", "clients_from_r", "read_rds"]
@@ -38,7 +38,8 @@ def _robjects() -> Any:
         import rpy2.robjects as ro
     except ImportError as err:  # pragma: no cover - depends on the machine
         raise ImportError(
-            f"fedr.rdata needs rpy2 (pip install 'rpy2==3.5.17') and R; importing it failed: {err}"
+            "reading R data (fedr.rdata, fedr.datasets.read_rds) needs rpy2 and R: "
+            f"pip install 'rpy2==3.5.17'; importing rpy2 failed: {err}"
         ) from None
     return ro
 
@@ -99,19 +100,18 @@ def _is_r_integer_like(robj: Any) -> bool:
 
 
 def _labels(obj: Any, what: str) -> np.ndarray:
-    """Labels from an R vector (integer, whole doubles or factor) or a Python sequence."""
-    if "factor" in _rclass(obj):
-        codes = np.asarray(obj)
-        _check_na(codes, obj, what)
-        # As the R package does: level 1 is class 0.
-        return codes.astype(np.int64) - 1
+    """Labels from an R vector (integer, whole doubles or factor) or a Python sequence.
+
+    Here R's values become numpy (factor codes, NA); the rule on labels is
+    :func:`fedr.datasets.as_labels`'s.
+    """
     values = np.asarray(obj)
-    if values.dtype.kind not in "biuf":
-        raise FedTypeError(f"{what} must be integer labels or a factor; got dtype {values.dtype}")
     _check_na(values, obj, what)
+    if "factor" in _rclass(obj):
+        values = values.astype(np.int64) - 1  # as the R package does: level 1 is class 0
     if values.ndim == 2 and 1 in values.shape:  # a one-column (or one-row) matrix
         values = values.reshape(-1)
-    return values
+    return as_labels(values, what=what)
 
 
 def _from_data_frame(df: Any, label: Any, where: str) -> tuple[np.ndarray, np.ndarray]:

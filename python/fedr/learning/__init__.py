@@ -1,30 +1,47 @@
-"""Federated learning of Keras models: FedAvg and its server-optimizer variants, federated evaluation."""
+"""Federated learning of Keras models: FedAvg composed from its parts, federated evaluation, checkpoints.
 
-from fedr.learning.client import ClientOutput, ClientRunner
-from fedr.learning.fed_avg import (
+The parts, one module each (../shared/DESIGN.md): :mod:`~fedr.learning.model`
+(the Keras model with its loss and metrics), :mod:`~fedr.learning.state`
+(``ModelWeights``, ``ServerState``, ``save_state``/``load_state``),
+:mod:`~fedr.learning.client_update` (one client's round, one compiled graph),
+:mod:`~fedr.learning.server_update` (the server optimizer) and
+:mod:`~fedr.learning.process` (``build_weighted_fed_avg`` composes them with an
+aggregator from :mod:`fedr.aggregators` and an executor from :mod:`fedr.executors`).
+"""
+
+from fedr.learning.client_update import ClientOutput, ClientUpdate
+from fedr.learning.model import Model, from_keras_model, optimizer_fn
+from fedr.learning.process import (
+    ClientsDroppedWarning,
     FedAvgProcess,
     FederatedEvaluation,
     LearningProcessOutput,
-    ServerState,
     build_fed_eval,
     build_federated_averaging_process,
     build_weighted_fed_avg,
     sample_clients,
 )
-from fedr.learning.model import Model, from_keras_model, optimizer_fn
+from fedr.learning.server_update import ServerOptimizer
+from fedr.learning.state import ModelWeights, ServerState, StateFileError, load_state, save_state
 
 __all__ = [
     "ClientOutput",
-    "ClientRunner",
+    "ClientUpdate",
+    "ClientsDroppedWarning",
     "FedAvgProcess",
     "FederatedEvaluation",
     "LearningProcessOutput",
     "Model",
+    "ModelWeights",
+    "ServerOptimizer",
     "ServerState",
+    "StateFileError",
     "build_fed_eval",
     "build_federated_averaging_process",
     "build_weighted_fed_avg",
     "from_keras_model",
+    "load_state",
     "optimizer_fn",
     "sample_clients",
+    "save_state",
 ]

@@ -1,4 +1,4 @@
-"""Example-weighted mean of client updates, the server step of FedAvg.
+"""Example-weighted mean of client updates: the C++ kernel, its numpy reference, flat weights.
 
 Federated averaging (McMahan et al. 2016, "Communication-Efficient Learning of
 Deep Networks from Decentralized Data", arXiv:1602.05629) averages the clients'

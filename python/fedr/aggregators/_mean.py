@@ -1,0 +1,122 @@
+"""The aggregator interface, and the (weighted) mean of client updates, FedAvg's default.
+
+An aggregator is a pair of functions with explicit state, like optax's
+``(init, update)``: ``init()`` returns its state, ``client_step(state, delta)``
+runs in each client's task after local training (where clipping, encoding or
+masking go), and ``aggregate(state, outputs, seed=...)`` sees all of a round's
+client outputs at once and returns the new state, the aggregate update and
+metrics. States are tuples of ``(name, array)`` pairs so that checkpoints can
+save them (see :mod:`fedr.learning.state`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from fedr.aggregators._weighted_mean import WeightedMeanAccumulator
+from fedr.errors import FedTypeError, FedValueError
+
+__all__ = ["AggregateResult", "Aggregator", "ClientResult", "Mean", "mean"]
+
+NamedArrays = tuple[tuple[str, np.ndarray], ...]
+
+
+class ClientResult(Protocol):
+    """What an aggregator reads of a client's output (see ``fedr.learning.ClientOutput``)."""
+
+    client_id: str
+    delta: np.ndarray  # float32 (N,), after client_step
+    num_examples: int
+
+
+class AggregateResult(NamedTuple):
+    """What ``aggregate`` returns: new state, the aggregate update (float32 (N,)), metrics."""
+
+    state: NamedArrays
+    update: np.ndarray
+    metrics: dict[str, float]
+
+
+class Aggregator(abc.ABC):
+    """Base class of aggregators: ``init``, ``client_step`` and ``aggregate``.
+
+    Attributes:
+        averages_non_trainable: Whether the process may average the clients'
+            float non-trainable variables (BatchNorm statistics) by example
+            count. An aggregator that protects updates (differential privacy)
+            sets it False: those values would leak unprotected.
+    """
+
+    averages_non_trainable: bool = True
+
+    def init(self) -> NamedArrays:
+        """Return the aggregator's initial state (none by default)."""
+        return ()
+
+    def client_step(self, state: NamedArrays, delta: np.ndarray) -> np.ndarray:
+        """Transform one client's flat update in the client's task (identity by default)."""
+        return delta
+
+    @abc.abstractmethod
+    def aggregate(
+        self, state: NamedArrays, outputs: Sequence[ClientResult], *, seed: np.random.SeedSequence | None = None
+    ) -> AggregateResult:
+        """Combine a round's client outputs (at least one) into one update.
+
+        Args:
+            state: The state from ``init`` or the previous round.
+            outputs: The round's client outputs, in client order, all finite.
+            seed: The round's seed, for aggregators that draw random numbers.
+        """
+
+
+class Mean(Aggregator):
+    """The mean of client updates, weighted by example count or not (C++ kernel)."""
+
+    def __init__(self, *, weighted: bool = True) -> None:
+        if not isinstance(weighted, bool):
+            raise FedTypeError(f"weighted: expected True or False, got {weighted!r}")
+        self.weighted = weighted
+
+    def aggregate(
+        self, state: NamedArrays, outputs: Sequence[ClientResult], *, seed: np.random.SeedSequence | None = None
+    ) -> AggregateResult:
+        if not outputs:
+            raise FedValueError("outputs: expected at least one client output, got none")
+        accumulator = WeightedMeanAccumulator(int(outputs[0].delta.size))
+        # Added in client order, so the sum is the same whatever the timing.
+        for out in outputs:
+            accumulator.add(out.delta, float(out.num_examples) if self.weighted else 1.0)
+        return AggregateResult(state, accumulator.result(), {})
+
+    def __repr__(self) -> str:
+        return f"mean(weighted={self.weighted})"
+
+
+def mean(*, weighted: bool = True) -> Mean:
+    """The mean of the clients' model updates, FedAvg's aggregator and the default.
+
+    Args:
+        weighted: Weight each client by its number of examples (McMahan et al.
+            2016); False gives every client the same weight.
+
+    Returns:
+        An :class:`Aggregator`.
+    """
+    return Mean(weighted=weighted)
+
+
+def check_aggregator(aggregator: Any) -> Aggregator:
+    """Return ``aggregator``, or the default mean for None; raise FedTypeError otherwise."""
+    if aggregator is None:
+        return Mean()
+    if not isinstance(aggregator, Aggregator):
+        raise FedTypeError(
+            "aggregator: expected a fedr aggregator such as fedr.aggregators.mean(), "
+            f"got {type(aggregator).__name__}"
+        )
+    return aggregator

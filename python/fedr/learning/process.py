@@ -1,0 +1,469 @@
+"""Federated averaging (FedAvg) composed from its parts, and federated evaluation.
+
+McMahan et al. 2016, "Communication-Efficient Learning of Deep Networks from
+Decentralized Data": each selected client starts from the server's model,
+trains locally, and reports its model delta and example count; the server
+aggregates the deltas (by default their example-weighted mean) and applies the
+aggregate with a server optimizer. The default server optimizer, SGD with
+learning rate 1.0, adds the mean delta to the weights and so recovers the
+original FedAvg.
+
+One round is data flowing one way (../shared/DESIGN.md)::
+
+    ClientData -> executor.map(client update) -> aggregator.aggregate -> server update -> ServerState
+
+Everything a round needs is in the :class:`ServerState` it is given: the same
+state and data give the same result whatever ran before, and a state saved
+with :func:`fedr.learning.save_state` resumes bit for bit.
+"""
+
+from __future__ import annotations
+
+import queue
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from fedr import _seeds
+from fedr.aggregators import Aggregator, WeightedMeanAccumulator, check_aggregator
+from fedr.datasets import ClientData, as_client_data
+from fedr.errors import FedTypeError, FedValueError
+from fedr.executors import Executor, threads
+from fedr.executors._local import check_executor
+from fedr.learning.client_update import ClientOutput, ClientUpdate
+from fedr.learning.model import Model, optimizer_fn
+from fedr.learning.server_update import ServerOptimizer
+from fedr.learning.state import ModelWeights, ServerState, check_weights
+
+__all__ = [
+    "ClientsDroppedWarning",
+    "FedAvgProcess",
+    "FederatedEvaluation",
+    "LearningProcessOutput",
+    "build_fed_eval",
+    "build_federated_averaging_process",
+    "build_weighted_fed_avg",
+    "sample_clients",
+]
+
+
+class ClientsDroppedWarning(UserWarning):
+    """Some clients of a round were left out of the aggregate (their update was not finite)."""
+
+
+class LearningProcessOutput(NamedTuple):
+    """What ``next`` returns: the new state and the round's training metrics."""
+
+    state: ServerState
+    metrics: dict[str, float]
+
+
+def _check_factory(fn: Any, argument: str) -> None:
+    if not callable(fn):
+        raise FedTypeError(f"{argument}: expected a function with no arguments, got {type(fn).__name__}")
+
+
+def _build_model(model_fn: Callable[[], Model]) -> Model:
+    _check_factory(model_fn, "model_fn")
+    model = model_fn()
+    if not isinstance(model, Model):
+        raise FedTypeError(
+            "model_fn: expected a function returning fedr.learning.from_keras_model(...), "
+            f"got one returning {type(model).__name__}"
+        )
+    return model
+
+
+def _build_optimizer(fn: Callable[[], Any], argument: str) -> Any:
+    import keras
+
+    _check_factory(fn, argument)
+    optimizer = fn()
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise FedTypeError(
+            f"{argument}: expected a function returning a Keras optimizer, got one returning "
+            f"{type(optimizer).__name__}"
+        )
+    return optimizer
+
+
+def _combine(names: list[str], per_client: Sequence[tuple[np.ndarray, float, int]]) -> dict[str, float]:
+    """Example-weighted mean of client metrics; the loss over all examples."""
+    counts = np.array([c for _, _, c in per_client], dtype=np.float64)
+    total = counts.sum()
+    metrics = np.stack([m for m, _, _ in per_client]) if names else np.zeros((len(counts), 0))
+    out: dict[str, Any] = {name: float(counts @ metrics[:, i] / total) for i, name in enumerate(names)}
+    out["loss"] = float(sum(s for _, s, _ in per_client) / total)
+    out["num_examples"] = int(total)
+    out["num_clients"] = len(per_client)
+    return out
+
+
+class _Replicas:
+    """Model replicas, one per worker, lent to one client at a time."""
+
+    def __init__(self, replicas: list[ClientUpdate]) -> None:
+        self.first = replicas[0]
+        self._free: queue.SimpleQueue[ClientUpdate] = queue.SimpleQueue()
+        for replica in replicas:
+            self._free.put(replica)
+
+    def run(self, fn: Callable[[ClientUpdate], Any]) -> Any:
+        replica = self._free.get()
+        try:
+            return fn(replica)
+        finally:
+            self._free.put(replica)
+
+
+def _as_weights(state: Any, initial: ModelWeights) -> ModelWeights:
+    """The model weights of a ServerState, ModelWeights, or a list of weight arrays."""
+    if isinstance(state, ServerState):
+        return state.model
+    if isinstance(state, ModelWeights):
+        return state
+    if not isinstance(state, list | tuple):
+        raise FedTypeError(
+            f"state: expected a ServerState, ModelWeights or a list of weight arrays, got {type(state).__name__}"
+        )
+    n_train, n_all = len(initial.trainable), len(initial.trainable) + len(initial.non_trainable)
+    if len(state) not in (n_train, n_all):
+        raise FedValueError(
+            f"state: expected {n_train} trainable weight arrays (or all {n_all} variables, as "
+            f"keras.Model.get_weights() gives), got {len(state)}"
+        )
+    refs = initial.trainable + initial.non_trainable
+    arrays = [np.asarray(w) for w in state]
+    arrays = [a.astype(r.dtype) if a.dtype.kind in "biuf" else a for a, r in zip(arrays, refs, strict=False)]
+    non_trainable = tuple(arrays[n_train:]) if len(state) == n_all else initial.non_trainable
+    return ModelWeights(
+        tuple(arrays[:n_train]), non_trainable, initial.trainable_names, initial.non_trainable_names
+    )
+
+
+class FederatedEvaluation:
+    """Evaluates a model state on held-out clients; example-weighted metrics."""
+
+    def __init__(self, replicas: _Replicas, executor: Executor, initial: ModelWeights) -> None:
+        self._replicas = replicas
+        self._executor = executor
+        self._initial = initial
+
+    def __call__(self, state: Any, data: Any) -> dict[str, float]:
+        """Return the metrics of ``state``'s model over every client in ``data``.
+
+        Evaluation reads only the state (trainable and non-trainable
+        variables): the same state gives the same metrics whatever ran before.
+
+        Args:
+            state: A :class:`ServerState`, :class:`ModelWeights`, or a list of
+                the trainable weight arrays (or of all of them, as
+                ``keras.Model.get_weights()`` gives).
+            data: Client data: a list of ``ClientData`` or the reference's nested batches.
+
+        Returns:
+            ``{metric: value, "loss": ..., "num_examples": ..., "num_clients": ...}``.
+
+        Raises:
+            FedTypeError: ``state`` or ``data`` has a wrong type.
+            FedValueError: the state does not fit the model (the message names
+                the variable), or a client's data does not fit it.
+        """
+        weights = _as_weights(state, self._initial)
+        check_weights(self._initial, weights)
+        clients = as_client_data(data)
+        for client in clients:
+            self._replicas.first.check(client)
+        flat = weights.flat_trainable()
+
+        def evaluate(client: ClientData) -> tuple[np.ndarray, float, int]:
+            return self._replicas.run(lambda r: r.evaluate(weights, flat, client))
+
+        results = self._executor.map(evaluate, clients)
+        return _combine(self._replicas.first.model.metric_names, results)
+
+
+class FedAvgProcess:
+    """The federated averaging process: ``initialize()`` then ``next(state, data)`` per round."""
+
+    def __init__(
+        self,
+        model_fn: Callable[[], Model],
+        client_optimizer_fn: Callable[[], Any],
+        server_optimizer_fn: Callable[[], Any],
+        *,
+        local_epochs: int = 1,
+        aggregator: Aggregator | None = None,
+        executor: Executor | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if isinstance(local_epochs, bool) or not isinstance(local_epochs, int | np.integer) or local_epochs < 1:
+            raise FedValueError(f"local_epochs: expected a positive integer, got {local_epochs!r}")
+        _check_factory(client_optimizer_fn, "client_optimizer_fn")
+        _check_factory(server_optimizer_fn, "server_optimizer_fn")
+        self.seed = _seeds.check_seed(seed)
+        self.aggregator = check_aggregator(aggregator)
+        self.executor = check_executor(executor)
+        # Without a seed, fresh randomness: a base seed drawn from the OS.
+        self._base_seed = (
+            self.seed if self.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        )
+        if self.seed is not None:
+            import keras
+
+            # The initial weights are the first replica's, built right after this.
+            init = _seeds.derive(self.seed, _seeds.INIT).generate_state(1)[0]
+            keras.utils.set_random_seed(int(init))
+        # One replica per worker, all built here on the calling thread (from R,
+        # model_fn is an R function: R may only run on its own thread).
+        replicas = [
+            ClientUpdate(
+                _build_model(model_fn),
+                _build_optimizer(client_optimizer_fn, "client_optimizer_fn"),
+                local_epochs=int(local_epochs),
+            )
+            for _ in range(self.executor.workers)
+        ]
+        self._replicas = _Replicas(replicas)
+        self._first = replicas[0]
+        self._initial = self._first.weights()
+        self.server = ServerOptimizer(server_optimizer_fn, self._first.num_weights)
+        self.local_epochs = int(local_epochs)
+        self._evaluation = FederatedEvaluation(self._replicas, self.executor, self._initial)
+        self._metric_names = self._first.model.metric_names
+        if self._first.averaged and not self.aggregator.averages_non_trainable:
+            names = [self._initial.non_trainable_names[i] for i in self._first.averaged]
+            warnings.warn(
+                f"aggregator {self.aggregator!r} does not aggregate non-trainable variables "
+                f"({', '.join(names)}): they keep their initial values on the server",
+                stacklevel=3,
+            )
+
+    @property
+    def model(self) -> Model:
+        """The first model replica (its variables are scratch space of the client updates)."""
+        return self._first.model
+
+    def __repr__(self) -> str:
+        return (
+            f"FedAvgProcess(model={self._first.model!r}, "
+            f"client_optimizer={type(self._first.optimizer).__name__}, "
+            f"server_optimizer={type(self.server.optimizer).__name__}, "
+            f"local_epochs={self.local_epochs}, aggregator={self.aggregator!r}, "
+            f"executor={self.executor!r}, seed={self.seed})"
+        )
+
+    def initialize(self) -> ServerState:
+        """Return the starting state: the model's initial variables, round 0."""
+        return ServerState(self._initial, self.server.init(), self.aggregator.init(), 0)
+
+    def check_state(self, state: Any) -> ServerState:
+        """Return ``state`` if it belongs to this process's model; raise naming what is wrong."""
+        if not isinstance(state, ServerState):
+            raise FedTypeError(f"state: expected a ServerState, got {type(state).__name__}")
+        check_weights(self._initial, state.model)
+        self.server.check(state.optimizer_state)
+        return state
+
+    def next(self, state: ServerState, federated_data: Any) -> LearningProcessOutput:
+        """Run one round of FedAvg over the clients in ``federated_data``.
+
+        Args:
+            state: The server state from ``initialize()``, the previous round or
+                :func:`fedr.learning.load_state`.
+            federated_data: The selected clients: a list of ``ClientData`` or the
+                reference's list over clients of lists of ``OrderedDict(x=, y=)``.
+
+        Returns:
+            ``LearningProcessOutput(state, metrics)``; ``result[0]`` and
+            ``result[1]`` work as in the reference. ``metrics`` holds the
+            model's metrics and ``loss`` over the clients kept,
+            ``num_examples``, ``num_clients`` (kept), ``num_clients_dropped``
+            (left out for a non-finite update; a
+            :class:`ClientsDroppedWarning` names them) and the aggregator's
+            metrics.
+
+        Raises:
+            FedTypeError: ``state`` is not a ServerState or the data has a wrong type.
+            FedValueError: the state does not fit the model, a client's data does
+                not fit the model or its loss, every client diverged, or the
+                server update made the weights non-finite. The state passed in
+                is never changed.
+        """
+        self.check_state(state)
+        clients = as_client_data(federated_data)
+        for client in clients:
+            self._first.check(client)
+        round_num = state.round_num + 1
+        weights, flat = state.model, state.flat_weights
+        aggregator, agg_state = self.aggregator, state.aggregator_state
+
+        def update(client: ClientData) -> ClientOutput:
+            seed = _seeds.derive(self._base_seed, _seeds.CLIENT, round_num, _seeds.client_key(client.client_id))
+            out = self._replicas.run(lambda r: r.train(weights, flat, client, seed))
+            if out.finite:
+                out = out._replace(delta=aggregator.client_step(agg_state, out.delta))
+            return out
+
+        outputs = self.executor.map(update, clients)
+        kept = [out for out in outputs if out.finite]
+        dropped = [out.client_id for out in outputs if not out.finite]
+        if not kept:
+            raise FedValueError(
+                f"round {round_num}: every client's update was non-finite (NaN or Inf), so training "
+                f"diverged ({len(dropped)} client(s): {', '.join(dropped)}); lower the client learning "
+                "rate and start again from this round's state"
+            )
+        if dropped:
+            warnings.warn(
+                f"round {round_num}: {len(dropped)} client(s) left out of the aggregate because their "
+                f"update was not finite (NaN or Inf): {', '.join(dropped)}",
+                ClientsDroppedWarning,
+                stacklevel=2,
+            )
+        result = aggregator.aggregate(
+            agg_state, kept, seed=_seeds.derive(self._base_seed, _seeds.AGGREGATE, round_num)
+        )
+        opt_state, new_flat = self.server.apply(state.optimizer_state, flat, result.update)
+        non_trainable = self._aggregate_non_trainable(weights, kept)
+        model = ModelWeights(
+            weights.with_trainable(new_flat), non_trainable, weights.trainable_names, weights.non_trainable_names
+        )
+        if not np.isfinite(new_flat).all():
+            raise FedValueError(
+                f"round {round_num}: the server update made the model weights non-finite (NaN or Inf); "
+                "training diverged: lower the client or server learning rate. The state passed in is unchanged"
+            )
+        new_state = ServerState(model, opt_state, result.state, round_num)
+        metrics = _combine(self._metric_names, [(o.metrics, o.loss_sum, o.num_examples) for o in kept])
+        metrics["num_clients_dropped"] = len(dropped)
+        metrics.update(result.metrics)
+        return LearningProcessOutput(new_state, metrics)
+
+    def _aggregate_non_trainable(self, weights: ModelWeights, kept: list[ClientOutput]) -> tuple[np.ndarray, ...]:
+        """Float non-trainable variables: the example-weighted mean of the clients' values."""
+        values = list(weights.non_trainable)
+        averaged = self._first.averaged
+        if not averaged or not self.aggregator.averages_non_trainable:
+            return tuple(values)
+        accumulator = WeightedMeanAccumulator(int(kept[0].non_trainable.size))
+        for out in kept:
+            accumulator.add(out.non_trainable, float(out.num_examples))
+        mean, start = accumulator.result(), 0
+        for i in averaged:
+            ref = values[i]
+            values[i] = mean[start : start + ref.size].reshape(ref.shape).astype(ref.dtype)
+            start += ref.size
+        return tuple(values)
+
+    def evaluate(self, state: Any, federated_data: Any) -> dict[str, float]:
+        """Evaluate ``state`` on held-out clients; see :class:`FederatedEvaluation`."""
+        return self._evaluation(state, federated_data)
+
+    def get_model_weights(self, state: ServerState) -> ModelWeights:
+        """The model weights of ``state`` (as TensorFlow Federated's ``get_model_weights``)."""
+        return self.check_state(state).model
+
+
+def build_weighted_fed_avg(
+    model_fn: Callable[[], Model],
+    client_optimizer_fn: Callable[[], Any],
+    server_optimizer_fn: Callable[[], Any] | None = None,
+    *,
+    local_epochs: int = 1,
+    aggregator: Aggregator | None = None,
+    executor: Executor | None = None,
+    seed: int | None = None,
+    workers: int | None = None,
+) -> FedAvgProcess:
+    """Build the example-weighted federated averaging process.
+
+    Args:
+        model_fn: A function with no arguments that builds a fresh Keras model and
+            returns ``from_keras_model(...)``.
+        client_optimizer_fn: A function returning the clients' Keras optimizer,
+            e.g. ``optimizer_fn("sgd", 0.02)``; it is fresh (state reset) for
+            every client in every round.
+        server_optimizer_fn: A function returning the server's Keras optimizer.
+            Default SGD with learning rate 1.0, the original FedAvg.
+        local_epochs: Passes over its data each client makes per round.
+        aggregator: How client updates are combined; default
+            ``fedr.aggregators.mean()``, the example-weighted mean.
+        executor: Who runs the clients; default ``fedr.executors.threads()``,
+            one thread and model replica per core. Results do not depend on it.
+        seed: With a seed, the initial weights and every client's randomness
+            (Dropout, ...) derive from (seed, round, client), so runs repeat bit
+            for bit with any executor. ``None`` draws fresh randomness. A seed
+            also seeds Keras's global generators (``keras.utils.set_random_seed``)
+            before ``model_fn`` runs.
+        workers: Shorthand for ``executor=fedr.executors.threads(workers)``.
+
+    Returns:
+        A :class:`FedAvgProcess` with ``initialize``, ``next`` and ``evaluate``.
+
+    Raises:
+        FedTypeError: an argument is not of the expected kind.
+        FedValueError: ``local_epochs``, ``seed`` or ``workers`` is out of range.
+    """
+    if workers is not None:
+        if executor is not None:
+            raise FedValueError("workers: give `workers` or `executor`, not both")
+        executor = threads(workers)
+    if server_optimizer_fn is None:
+        server_optimizer_fn = optimizer_fn("sgd", 1.0)
+    return FedAvgProcess(
+        model_fn,
+        client_optimizer_fn,
+        server_optimizer_fn,
+        local_epochs=local_epochs,
+        aggregator=aggregator,
+        executor=executor,
+        seed=seed,
+    )
+
+
+build_federated_averaging_process = build_weighted_fed_avg
+
+
+def build_fed_eval(model_fn: Callable[[], Model], *, executor: Executor | None = None) -> FederatedEvaluation:
+    """Build federated evaluation: ``evaluation(state, data)`` returns weighted metrics.
+
+    Args:
+        model_fn: The same kind of function given to :func:`build_weighted_fed_avg`.
+        executor: Who runs the clients; default ``fedr.executors.threads()``.
+
+    Returns:
+        A callable :class:`FederatedEvaluation`.
+    """
+    executor = check_executor(executor)
+    replicas = [ClientUpdate(_build_model(model_fn)) for _ in range(executor.workers)]
+    return FederatedEvaluation(_Replicas(replicas), executor, replicas[0].weights())
+
+
+def sample_clients(clients: Sequence[Any], fraction: float, *, seed: int | None = None) -> list[Any]:
+    """Pick a seeded random fraction of the clients (at least one), kept in order.
+
+    Args:
+        clients: The population of clients.
+        fraction: Share of clients to select, in (0, 1].
+        seed: Seed of the generator; ``None`` draws fresh randomness.
+
+    Returns:
+        The selected clients, in their original order.
+
+    Raises:
+        FedValueError: ``fraction`` outside (0, 1], a bad seed, or no clients.
+    """
+    seed = _seeds.check_seed(seed)
+    n = len(clients)
+    if n == 0:
+        raise FedValueError("clients: expected at least one client, got none")
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float | np.integer | np.floating):
+        raise FedValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
+    if not 0 < float(fraction) <= 1:
+        raise FedValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
+    k = max(1, int(round(float(fraction) * n)))
+    chosen = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+    return [clients[i] for i in chosen]

@@ -1,0 +1,344 @@
+"""The whole, named state of a federated process, checked against its model, saved to one file.
+
+``ModelWeights`` holds every variable of the Keras model: the trainable ones
+and the non-trainable ones (BatchNorm statistics, random-generator state), in
+Keras variable order, with canonical names. ``ServerState`` adds the server
+optimizer's named state, the aggregator's state and the round number. Both are
+values: arrays are read-only and every round returns a new state, so a state
+saved with :func:`save_state` resumes bit for bit after :func:`load_state`.
+
+The file format is numpy's ``.npz`` (a zip of ``.npy`` arrays, read with
+``allow_pickle=False``) holding one JSON header ``__fedr__`` with the format
+version, the round and, per array, its group, name, shape and dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedr.errors import FedError, FedTypeError, FedValueError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ModelWeights",
+    "ServerState",
+    "StateFileError",
+    "canonical_name",
+    "load_state",
+    "save_state",
+]
+
+FORMAT_VERSION = 1
+_HEADER = "__fedr__"
+_MAGIC = "fedr.ServerState"
+
+# A named group of arrays: (name, array) pairs in a fixed order.
+NamedArrays = tuple[tuple[str, np.ndarray], ...]
+
+
+class StateFileError(FedError, ValueError):
+    """A checkpoint file is missing, corrupt, truncated, foreign or of another version."""
+
+
+def canonical_name(path: str) -> str:
+    """Return a Keras variable path without the counters Keras appends to auto-named objects.
+
+    ``sequential_3/dense_1/kernel`` becomes ``sequential/dense/kernel``, so the
+    same architecture has the same names in every replica and every process.
+    """
+    return "/".join(re.sub(r"_\d+$", "", part) for part in path.split("/"))
+
+
+def _frozen(array: Any) -> np.ndarray:
+    out = np.array(array, copy=True, order="C")
+    out.flags.writeable = False
+    return out
+
+
+def _named(pairs: Any, what: str) -> NamedArrays:
+    if isinstance(pairs, Mapping):
+        pairs = list(pairs.items())
+    out = []
+    for item in pairs:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise FedTypeError(f"{what}: expected (name, array) pairs, got {type(item).__name__}")
+        out.append((item[0], _frozen(item[1])))
+    return tuple(out)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelWeights:
+    """Every variable of a model, as read-only arrays in Keras variable order.
+
+    Attributes:
+        trainable: The trainable variables' values.
+        non_trainable: The non-trainable variables' values (e.g. BatchNorm
+            moving mean and variance, Dropout's random-generator state).
+        trainable_names: Canonical variable names (see :func:`canonical_name`).
+        non_trainable_names: Likewise for ``non_trainable``.
+    """
+
+    trainable: tuple[np.ndarray, ...]
+    non_trainable: tuple[np.ndarray, ...] = ()
+    trainable_names: tuple[str, ...] = ()
+    non_trainable_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for group in ("trainable", "non_trainable"):
+            arrays = tuple(_frozen(a) for a in getattr(self, group))
+            object.__setattr__(self, group, arrays)
+            names = tuple(getattr(self, f"{group}_names")) or tuple(
+                f"{group}_{i}" for i in range(len(arrays))
+            )
+            if len(names) != len(arrays):
+                raise FedValueError(
+                    f"{group}_names: expected {len(arrays)} names, got {len(names)}"
+                )
+            object.__setattr__(self, f"{group}_names", names)
+
+    @classmethod
+    def from_model(cls, model: Any) -> ModelWeights:
+        """Read the current values of a :class:`fedr.learning.Model`'s variables."""
+        train, non_train = model.trainable_variables, model.non_trainable_variables
+        return cls(
+            tuple(np.asarray(v.numpy()) for v in train),
+            tuple(np.asarray(v.numpy()) for v in non_train),
+            tuple(canonical_name(v.path) for v in train),
+            tuple(canonical_name(v.path) for v in non_train),
+        )
+
+    def flat_trainable(self) -> np.ndarray:
+        """The trainable values as one float32 vector, in order (a new array)."""
+        if not self.trainable:
+            return np.zeros(0, np.float32)
+        return np.concatenate([np.asarray(a, np.float32).ravel() for a in self.trainable])
+
+    def with_trainable(self, flat: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Split a flat float32 vector into arrays shaped and typed as ``trainable``."""
+        out, start = [], 0
+        for a in self.trainable:
+            out.append(flat[start : start + a.size].reshape(a.shape).astype(a.dtype, copy=False))
+            start += a.size
+        return tuple(out)
+
+    def __repr__(self) -> str:
+        def shapes(names: Sequence[str], arrays: Sequence[np.ndarray]) -> str:
+            return ", ".join(f"{n} {a.shape}" for n, a in zip(names, arrays, strict=True))
+
+        return (
+            f"ModelWeights(trainable=[{shapes(self.trainable_names, self.trainable)}], "
+            f"non_trainable=[{shapes(self.non_trainable_names, self.non_trainable)}])"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ServerState:
+    """The server's state between rounds; every round returns a new one.
+
+    Attributes:
+        model: The global model's :class:`ModelWeights`.
+        optimizer_state: The server optimizer's named state, e.g.
+            ``(("iteration", ...), ("momentum", ...))``.
+        aggregator_state: The aggregator's named state (empty for the mean).
+        round_num: Rounds completed.
+    """
+
+    model: ModelWeights
+    optimizer_state: NamedArrays = ()
+    aggregator_state: NamedArrays = ()
+    round_num: int = 0
+    flat_weights: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelWeights):
+            raise FedTypeError(f"model: expected ModelWeights, got {type(self.model).__name__}")
+        object.__setattr__(self, "optimizer_state", _named(self.optimizer_state, "optimizer_state"))
+        object.__setattr__(self, "aggregator_state", _named(self.aggregator_state, "aggregator_state"))
+        if isinstance(self.round_num, bool) or not isinstance(self.round_num, int | np.integer):
+            raise FedTypeError(f"round_num: expected an int, got {type(self.round_num).__name__}")
+        if self.round_num < 0:
+            raise FedValueError(f"round_num: expected a non-negative int, got {self.round_num}")
+        object.__setattr__(self, "round_num", int(self.round_num))
+        flat = self.model.flat_trainable()
+        flat.flags.writeable = False
+        object.__setattr__(self, "flat_weights", flat)
+
+    @property
+    def model_weights(self) -> tuple[np.ndarray, ...]:
+        """The trainable weights (as in earlier fedr versions); see ``model`` for all."""
+        return self.model.trainable
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Shapes of the trainable variables."""
+        return tuple(a.shape for a in self.model.trainable)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(str(s) for s in self.shapes)
+        extra = f", non_trainable={len(self.model.non_trainable)}" if self.model.non_trainable else ""
+        return f"ServerState(round_num={self.round_num}, model_weights=[{shapes}]{extra})"
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_weights(expected: ModelWeights, given: ModelWeights, what: str = "state") -> None:
+    """Raise FedValueError unless ``given`` has ``expected``'s variables and finite values.
+
+    Variables are compared one by one (name, shape, dtype), so a state from
+    another model with the same number of weights is refused, naming the first
+    variable that differs.
+    """
+    for group in ("trainable", "non_trainable"):
+        want_names, got_names = getattr(expected, f"{group}_names"), getattr(given, f"{group}_names")
+        want, got = getattr(expected, group), getattr(given, group)
+        if len(want) != len(got):
+            raise FedValueError(
+                f"{what}: the model has {len(want)} {group.replace('_', '-')} variables "
+                f"({', '.join(want_names) or 'none'}), the state has {len(got)} "
+                f"({', '.join(got_names) or 'none'}); is it from another model?"
+            )
+        for i, (wn, gn, wa, ga) in enumerate(zip(want_names, got_names, want, got, strict=True)):
+            if wn != gn or wa.shape != ga.shape or wa.dtype != ga.dtype:
+                raise FedValueError(
+                    f"{what}: {group.replace('_', '-')} variable {i} is '{gn}' {ga.dtype}{list(ga.shape)} "
+                    f"but the model expects '{wn}' {wa.dtype}{list(wa.shape)}; is it from another model?"
+                )
+            if ga.dtype.kind == "f" and ga.size and not np.isfinite(ga).all():
+                bad = int(np.size(ga) - np.isfinite(ga).sum())
+                raise FedValueError(
+                    f"{what}: variable '{gn}' has {bad} non-finite value(s) (NaN or Inf); "
+                    "training diverged: lower the learning rate and start from an earlier state"
+                )
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _entries(state: ServerState) -> list[tuple[str, str, np.ndarray]]:
+    groups = [
+        ("trainable", zip(state.model.trainable_names, state.model.trainable, strict=True)),
+        ("non_trainable", zip(state.model.non_trainable_names, state.model.non_trainable, strict=True)),
+        ("optimizer", state.optimizer_state),
+        ("aggregator", state.aggregator_state),
+    ]
+    return [(group, name, array) for group, pairs in groups for name, array in pairs]
+
+
+def save_state(state: ServerState, path: str | os.PathLike[str]) -> str:
+    """Save a server state to one file, atomically.
+
+    The state is written to a temporary file in the same directory, flushed to
+    disk and renamed over ``path``, so a crash never leaves a half-written
+    checkpoint: ``path`` holds either the old file or the whole new one.
+
+    Args:
+        state: A :class:`ServerState`.
+        path: The file to write (conventionally ``*.fedr``); its directory must exist.
+
+    Returns:
+        The path written, as a string.
+
+    Raises:
+        FedTypeError: ``state`` is not a ServerState.
+        FileNotFoundError: the directory does not exist.
+    """
+    if not isinstance(state, ServerState):
+        raise FedTypeError(f"state: expected a ServerState, got {type(state).__name__}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"path: directory {directory!r} does not exist")
+    entries = _entries(state)
+    header = {
+        "format": _MAGIC,
+        "version": FORMAT_VERSION,
+        "round_num": state.round_num,
+        "arrays": [
+            {"group": g, "name": n, "shape": list(a.shape), "dtype": a.dtype.str} for g, n, a in entries
+        ],
+    }
+    arrays = {f"a{i}": a for i, (_, _, a) in enumerate(entries)}
+    arrays[_HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    fd, tmp = tempfile.mkstemp(prefix=".fedr-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_state(path: str | os.PathLike[str]) -> ServerState:
+    """Load a server state written by :func:`save_state`.
+
+    The state is checked against a model only when it is used (``next``,
+    ``evaluate``), which names any variable that does not fit.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The :class:`ServerState`, bit for bit as saved.
+
+    Raises:
+        FileNotFoundError: no such file.
+        StateFileError: the file is not a fedr checkpoint, is truncated or
+            corrupt, or has another format version; the message names the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: no checkpoint file at {path!r}")
+
+    def bad(what: str) -> StateFileError:
+        return StateFileError(f"{path!r} is not a readable fedr checkpoint: {what}")
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if _HEADER not in npz.files:
+                raise bad(f"it has no '{_HEADER}' header (a foreign .npz file?)")
+            header = json.loads(bytes(npz[_HEADER]).decode())
+            if not isinstance(header, dict) or header.get("format") != _MAGIC:
+                raise bad("its header is not a fedr state header")
+            if header.get("version") != FORMAT_VERSION:
+                raise bad(
+                    f"format version {header.get('version')!r}; this fedr reads version {FORMAT_VERSION}"
+                )
+            groups: dict[str, list[tuple[str, np.ndarray]]] = {
+                "trainable": [], "non_trainable": [], "optimizer": [], "aggregator": []
+            }
+            for i, entry in enumerate(header["arrays"]):
+                array = npz[f"a{i}"]
+                if list(array.shape) != entry["shape"] or array.dtype.str != entry["dtype"]:
+                    raise bad(
+                        f"array '{entry['name']}' is {array.dtype.str}{list(array.shape)}, "
+                        f"the header says {entry['dtype']}{entry['shape']}"
+                    )
+                groups[entry["group"]].append((entry["name"], array))
+            round_num = int(header["round_num"])
+    except StateFileError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, TypeError) as err:
+        kind = "truncated or corrupt" if isinstance(err, zipfile.BadZipFile | EOFError) else "unreadable"
+        raise bad(f"{kind} ({type(err).__name__}: {err})") from None
+    model = ModelWeights(
+        tuple(a for _, a in groups["trainable"]),
+        tuple(a for _, a in groups["non_trainable"]),
+        tuple(n for n, _ in groups["trainable"]),
+        tuple(n for n, _ in groups["non_trainable"]),
+    )
+    return ServerState(model, tuple(groups["optimizer"]), tuple(groups["aggregator"]), round_num)
