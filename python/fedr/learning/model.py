@@ -168,36 +168,73 @@ def from_keras_model(
 
 
 _OPTIMIZERS = {"sgd": "SGD", "adam": "Adam"}
+# Each optimizer's options and their rule: "unit" in [0, 1), "positive" > 0, "non_negative", "flag".
+_OPTIONS = {
+    "sgd": {"momentum": "unit", "nesterov": "flag", "weight_decay": "non_negative", "clipnorm": "positive"},
+    "adam": {
+        "beta_1": "unit", "beta_2": "unit", "epsilon": "positive", "amsgrad": "flag",
+        "weight_decay": "non_negative", "clipnorm": "positive",
+    },
+}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return None
+    return float(value)
+
+
+def _check_option(key: str, name: str, value: Any) -> Any:
+    rule = _OPTIONS[key].get(name)
+    if rule is None:
+        raise FedValueError(
+            f"{name}: unknown option of {key!r}; options are {', '.join(_OPTIONS[key])}"
+        )
+    if rule == "flag":
+        if not isinstance(value, bool | np.bool_):
+            raise FedValueError(f"{name}: expected True or False, got {value!r}")
+        return bool(value)
+    number = _number(value)
+    ok = number is not None and np.isfinite(number) and {
+        "unit": lambda v: 0 <= v < 1, "positive": lambda v: v > 0, "non_negative": lambda v: v >= 0
+    }[rule](number)
+    if not ok:
+        expected = {"unit": "a number in [0, 1)", "positive": "a positive number", "non_negative": "a number >= 0"}
+        raise FedValueError(f"{name}: expected {expected[rule]}, got {value!r}")
+    return number
 
 
 def optimizer_fn(name: str, learning_rate: float, **kwargs: Any) -> Callable[[], Any]:
     """Return a function that builds a fresh Keras optimizer.
 
     Args:
-        name: ``"sgd"`` (options ``momentum``, ``nesterov``) or ``"adam"``
-            (options ``beta_1``, ``beta_2``, ``epsilon``).
+        name: ``"sgd"`` (options ``momentum``, ``nesterov``, ``weight_decay``,
+            ``clipnorm``) or ``"adam"`` (options ``beta_1``, ``beta_2``,
+            ``epsilon``, ``amsgrad``, ``weight_decay``, ``clipnorm``).
         learning_rate: A positive learning rate.
-        **kwargs: Further options of the Keras optimizer.
+        **kwargs: The options above.
 
     Returns:
         A zero-argument callable, as ``client_optimizer_fn`` and
         ``server_optimizer_fn`` expect.
 
     Raises:
-        FedValueError: unknown name or a non-positive learning rate.
+        FedValueError: unknown name or option, or a value out of range; the
+            message names the argument and lists the valid options.
     """
     key = str(name).lower()
     if key not in _OPTIMIZERS:
         raise FedValueError(f"name: expected one of {sorted(_OPTIMIZERS)}, got {name!r}")
-    lr = float(learning_rate)
-    if not np.isfinite(lr) or lr <= 0:
+    lr = _number(learning_rate)
+    if lr is None or not np.isfinite(lr) or lr <= 0:
         raise FedValueError(f"learning_rate: expected a positive number, got {learning_rate!r}")
+    options = {option: _check_option(key, option, value) for option, value in kwargs.items()}
 
     def build() -> Any:
         import keras
 
-        return getattr(keras.optimizers, _OPTIMIZERS[key])(learning_rate=lr, **kwargs)
+        return getattr(keras.optimizers, _OPTIMIZERS[key])(learning_rate=lr, **options)
 
     build.__name__ = f"{key}_optimizer"
-    build()  # fail now, not in the first round, on a bad option
+    build()  # fail now, not in the first round
     return build
