@@ -272,7 +272,7 @@ def _dense_fn(features=4 * 9, classes=CLASSES, units=None):
     return fn
 
 
-def test_state_of_another_model_is_refused_naming_the_variable():
+def test_state_of_another_model_is_refused_naming_the_variable(tmp_path):
     # 36*3+3 = 111 weights either way, in other layers.
     a = learning.build_weighted_fed_avg(_dense_fn(), learning.optimizer_fn("sgd", 0.1), workers=1)
     b = learning.build_weighted_fed_avg(_dense_fn(features=36, units=None), learning.optimizer_fn("sgd", 0.1), workers=1)
@@ -284,6 +284,11 @@ def test_state_of_another_model_is_refused_naming_the_variable():
     with pytest.raises(ValueError, match=r"state: the model has 2 trainable variables .* the state has 4 .*another model"):
         a.next(state, clients)
     d = learning.build_weighted_fed_avg(_dense_fn(features=35), learning.optimizer_fn("sgd", 0.1), workers=1)
+    path = tmp_path / "d.fedr"
+    learning.save_state(d.initialize(), path)
+    with pytest.raises(ValueError, match=r"'.*d.fedr': state: trainable variable 0 is 'sequential/dense/kernel' float32\[35, 3\]"):
+        learning.load_state(path, a)
+    assert learning.load_state(path, d).round_num == 0
     with pytest.raises(ValueError, match=r"trainable variable 0 is 'sequential/dense/kernel' float32\[35, 3\] but the model expects 'sequential/dense/kernel' float32\[36, 3\]"):
         a.evaluate(d.initialize(), clients)
 
@@ -431,3 +436,13 @@ def test_default_executor_uses_every_core():
     assert process.executor.workers == executors.default_workers() == len(os.sched_getaffinity(0))
     assert repr(process.executor) == f"threads(workers={len(os.sched_getaffinity(0))})"
     assert "fedr.executors" in fedr.executors.__name__
+
+
+def test_seeds_checkpoints_example_runs():
+    script = os.path.join(os.path.dirname(__file__), "..", "examples", "seeds_checkpoints.py")
+    done = subprocess.run(
+        [sys.executable, script, "--clients", "2", "--per-client", "200"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 rounds + save + load + 2 rounds == 4 rounds straight, bit for bit: True" in done.stdout
+    assert "evaluation with 1 and 2 workers equal: True" in done.stdout

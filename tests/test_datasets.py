@@ -693,12 +693,16 @@ def test_client_data_batches_250_examples_by_100():
         100,
         3,
     )
-    assert client.x is x  # float32 C-contiguous input is not copied
+    # The client's arrays are read-only: writeable input is copied once, read-only
+    # float32 C-contiguous input is kept as it is.
+    assert not client.x.flags.writeable and not np.shares_memory(client.x, x)
+    x.flags.writeable = False
+    assert ClientData(x, y, batch_size=100).x is x
     assert client.y.dtype == np.int32
     batches = client.batches()
     assert [len(b["y"]) for b in batches] == [100, 100, 50]
     assert all(isinstance(b, OrderedDict) and list(b) == ["x", "y"] for b in batches)
-    assert np.shares_memory(batches[2]["x"], x)
+    assert np.shares_memory(batches[2]["x"], client.x)  # batches are views
     assert_array_equal(batches[2]["x"], x[200:])
     assert [len(b["x"]) for b in client] == [100, 100, 50]
 

@@ -15,7 +15,7 @@ import numpy as np
 from fedr._idx import _describe
 from fedr.errors import FedTypeError, FedValueError
 
-__all__ = ["Batch", "ClientData", "as_client_data"]
+__all__ = ["Batch", "ClientData", "as_client_data", "as_labels"]
 
 Batch = OrderedDict[str, np.ndarray]
 
@@ -47,6 +47,34 @@ def _labels_1d(y: Any, what: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def as_labels(y: Any, n: int | None = None, *, what: str = "`y`") -> np.ndarray:
+    """Return class labels as int32 after checking them, as :class:`ClientData` does.
+
+    The one rule on labels (a 1-D array of whole numbers >= 0) is applied here
+    for callers that convert labels before they build clients, such as the R
+    package, so that its messages name their argument.
+
+    Args:
+        y: 1-D labels: integers, or whole-number floats such as ``[0., 9.]``.
+        n: the number of examples they label, or None for any number.
+        what: how messages name ``y``, e.g. ``"`labels`"``.
+
+    Returns:
+        A 1-D int32 array.
+
+    Raises:
+        FedTypeError: ``y`` is not numeric.
+        FedValueError: ``y`` is not 1-D, holds fractions, negative or non-finite
+            values or labels beyond int32, or does not have ``n`` elements.
+    """
+    labels = _labels_1d(y, what)
+    if n is not None and len(labels) != n:
+        raise FedValueError(f"{what} must have one label per example ({n}); got {len(labels)}")
+    if labels.size and labels.max() > np.iinfo(np.int32).max:
+        raise FedValueError(f"{what} has labels beyond int32; got {labels.max()}")
+    return labels.astype(np.int32)
+
+
 class ClientData:
     """One client's examples as read-only contiguous arrays plus batch offsets.
 
@@ -57,9 +85,10 @@ class ClientData:
     gives the reference's list of ``OrderedDict(x=..., y=...)`` as views.
 
     Args:
-        x: features ``(n, *feature_shape)``; float32 C-contiguous input is kept
-            without a copy, other int/float dtypes are converted once (not scaled:
-            see :func:`prepare_images`).
+        x: features ``(n, *feature_shape)``; read-only float32 C-contiguous
+            input is kept without a copy, writeable input is copied (so later
+            writes by the caller cannot reach the client), other int/float
+            dtypes are converted once (not scaled: see :func:`prepare_images`).
         y: 1-D labels (ints, or whole-number floats such as the reference's
             ``[0. 9. 8. ...]``), stored as int32; or 2-D float targets ``(n, k)``,
             stored as float32.
@@ -239,10 +268,7 @@ def _validate_client(
     x = _read_only(np.ascontiguousarray(x, dtype=np.float32), given_x)
     _check_finite(x, f"{where}: x")
     if y.ndim == 1:
-        labels = _labels_1d(y, f"{where}: y")
-        if labels.max() > np.iinfo(np.int32).max:
-            raise FedValueError(f"{where}: y has labels beyond int32; got {labels.max()}")
-        y = _read_only(labels.astype(np.int32), given_y)
+        y = _read_only(as_labels(y, what=f"{where}: y"), given_y)
     else:
         if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
             raise FedTypeError(f"{where}: y must be a float or integer array; got dtype {y.dtype}")

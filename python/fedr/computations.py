@@ -165,8 +165,9 @@ class SequenceType:
     def convert(self, value: Any, *, from_r: bool = False) -> Any:
         """Return ``value`` as a ``tf.data.Dataset`` of this type, or raise FedTypeError.
 
-        With ``from_r``, a single number is a sequence of one element, as an R
-        vector of length one is.
+        With ``from_r``, a Python number (how reticulate sends an R vector of
+        length one) is a sequence of one element; numpy scalars, the elements
+        of a longer R vector, are not.
         """
         import tensorflow as tf
 
@@ -175,7 +176,7 @@ class SequenceType:
             if getattr(spec, "dtype", None) is None or spec.dtype.name != self.element.dtype:
                 raise _mismatch(self, value)
             return value
-        if from_r and not self.element.shape and isinstance(value, (int, float, np.number)):
+        if from_r and not self.element.shape and type(value) in (int, float, bool):
             value = [value]
         if isinstance(value, (str, bytes, Mapping)) or not _is_sequence(value):
             raise _mismatch(self, value)

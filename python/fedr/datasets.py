@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from fedr._client_data import (
     _labels_1d,
     _positive_int,
     as_client_data,
+    as_labels,
 )
 from fedr.errors import FedTypeError, FedValueError
 
@@ -113,34 +114,6 @@ def prepare_images(x: Any) -> np.ndarray:
         _check_finite(out, "`x`")
         return out
     raise FedTypeError(f"`x` must be an integer or float array; got dtype {x.dtype}")
-
-
-def as_labels(y: Any, n: int | None = None, *, what: str = "`y`") -> np.ndarray:
-    """Return class labels as int32 after checking them, as :class:`ClientData` does.
-
-    The one rule on labels (a 1-D array of whole numbers >= 0) is applied here
-    for callers that convert labels before they build clients, such as the R
-    package, so that its messages name their argument.
-
-    Args:
-        y: 1-D labels: integers, or whole-number floats such as ``[0., 9.]``.
-        n: the number of examples they label, or None for any number.
-        what: how messages name ``y``, e.g. ``"`labels`"``.
-
-    Returns:
-        A 1-D int32 array.
-
-    Raises:
-        FedTypeError: ``y`` is not numeric.
-        FedValueError: ``y`` is not 1-D, holds fractions, negative or non-finite
-            values or labels beyond int32, or does not have ``n`` elements.
-    """
-    labels = _labels_1d(y, what)
-    if n is not None and len(labels) != n:
-        raise FedValueError(f"{what} must have one label per example ({n}); got {len(labels)}")
-    if labels.size and labels.max() > np.iinfo(np.int32).max:
-        raise FedValueError(f"{what} has labels beyond int32; got {labels.max()}")
-    return labels.astype(np.int32)
 
 
 def read_rds(

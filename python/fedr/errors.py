@@ -11,3 +11,7 @@ class FedValueError(FedError, ValueError):
 
 class FedTypeError(FedError, TypeError):
     """A value has the wrong type."""
+
+
+class FedWarning(UserWarning):
+    """Base class of the warnings fedr issues (R turns them into R warnings)."""

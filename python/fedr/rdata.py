@@ -3,7 +3,8 @@
 An R user's data becomes :class:`fedr.datasets.ClientData` without leaving the
 Python process: an R numeric matrix (with labels given separately or as one of
 its columns), an R data frame with a label column, a ``list(x =, y =)``, or an
-``.rds`` file holding any of these (or a list of them, one per client).
+``.rds`` file holding any of these (or a list of them, one per client). The
+public entry point for files is :func:`fedr.datasets.read_rds`.
 
 R arrays are column-major; rpy2 exposes them to numpy as Fortran-ordered views,
 so element ``[i, j]`` stays ``[i, j]`` and the one copy is ClientData's

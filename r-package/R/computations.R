@@ -1,14 +1,14 @@
 # The federated building blocks of the reference article: types, typed
 # computations and the federated operators, over fedr.computations.
 
-dtype_names <- c("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
-
 #' Types of federated values
 #'
 #' Declare the type of a computation's argument, as TensorFlow Federated's
 #' `TensorType`, `SequenceType` and `FederatedType` do. A sequence arrives in a
 #' [tf_computation()] as a `tf.data.Dataset`; a federated value has one member
-#' per client (`"clients"`) or one on the server (`"server"`).
+#' per client (`"clients"`) or one on the server (`"server"`). The Python
+#' core checks the arguments: a wrong one is an error of class `fedr_error`
+#' naming it.
 #'
 #' @param dtype The element type: one of `"float32"`, `"float64"`,
 #'   `"float16"`, `"int8"`, `"int16"`, `"int32"`, `"int64"`, `"uint8"`,
@@ -24,20 +24,17 @@ dtype_names <- c("float16", "float32", "float64", "int8", "int16", "int32", "int
 #' federated_type(sequence_type("float32"), "clients")
 #' tensor_type("float32", shape = c(NA, 784))
 tensor_type <- function(dtype = "float32", shape = integer()) {
-  dtype <- as_dtype(dtype)
-  known <- shape[!is.na(shape)]
-  if (!(is.numeric(shape) || all(is.na(shape))) || any(known < 0 | known != round(known))) {
-    fedr_abort(sprintf("`shape` must be non-negative whole numbers or NA, not %s.", describe(shape)), "shape")
-  }
-  dims <- lapply(as.vector(shape), function(d) if (is.na(d)) NULL else as.integer(d))
-  new_fed_type(fedr_call(fedr_module()$TensorType(dtype, reticulate::tuple(dims))))
+  dims <- if (is.atomic(shape)) lapply(as.vector(shape), function(d) if (is.na(d)) NULL else d) else shape
+  new_fed_type(fedr_call(
+    fedr_module()$TensorType(unwrap_py(dtype), reticulate::tuple(dims)),
+    c("dtype", "shape")
+  ))
 }
 
 #' @rdname tensor_type
 #' @export
 sequence_type <- function(dtype = "float32") {
-  element <- if (inherits(dtype, "fed_type")) dtype$py else as_dtype(dtype)
-  new_fed_type(fedr_call(fedr_module()$SequenceType(element)))
+  new_fed_type(fedr_call(fedr_module()$SequenceType(unwrap_py(dtype)), "dtype"))
 }
 
 #' @rdname tensor_type
@@ -46,16 +43,11 @@ sequence_type <- function(dtype = "float32") {
 #' @param placement `"clients"` (one member per client) or `"server"`.
 #' @export
 federated_type <- function(member, placement = c("clients", "server")) {
-  placement <- check_string(placement[[1]], "placement", c("clients", "server"))
-  member <- if (inherits(member, "fed_type")) member$py else as_dtype(member, "member")
-  new_fed_type(fedr_call(fedr_module()$FederatedType(member, placement)))
-}
-
-as_dtype <- function(dtype, arg = "dtype") {
-  if (inherits(dtype, "python.builtin.object")) {
-    return(dtype)
-  }
-  check_string(dtype, arg, dtype_names)
+  if (missing(placement)) placement <- "clients"
+  new_fed_type(fedr_call(
+    fedr_module()$FederatedType(unwrap_py(member), placement),
+    c(dtype = "member", "placement")
+  ))
 }
 
 new_fed_type <- function(py) structure(list(py = py), class = "fed_type")
@@ -73,126 +65,6 @@ print.fed_type <- function(x, ...) {
 #' @export
 r_to_py.fed_type <- function(x, convert = FALSE) x$py
 
-# What the argument of a type is, as an R list, to convert R values by it.
-type_info <- function(py) {
-  kind <- reticulate::py_to_r(py$`__class__`$`__name__`)
-  switch(kind,
-    TensorType = list(
-      kind = "tensor",
-      dtype = reticulate::py_to_r(py$dtype),
-      rank = as.integer(reticulate::py_len(py$shape))
-    ),
-    SequenceType = list(kind = "sequence", element = type_info(py$element)),
-    FederatedType = list(
-      kind = "federated",
-      member = type_info(py$member),
-      placement = reticulate::py_to_r(py$placement$name)
-    ),
-    fedr_abort(sprintf("`type` must be a fedr type, not a Python %s.", kind), "type")
-  )
-}
-
-as_py_type <- function(type, arg = "type") {
-  if (inherits(type, "fed_type")) {
-    return(type$py)
-  }
-  if (inherits(type, "python.builtin.object")) {
-    return(type)
-  }
-  fedr_abort(sprintf(
-    "`%s` must be a type from sequence_type(), tensor_type() or federated_type(), not %s.",
-    arg, describe(type)
-  ), arg)
-}
-
-# ---- conversion of R values to the declared type, once, at the call.
-
-# R value -> Python value of type `info`. A length-1 vector for a sequence
-# still becomes a list (reticulate alone would make it a scalar).
-as_typed_value <- function(x, info, arg, where = "") {
-  if (inherits(x, "python.builtin.object")) {
-    return(x)
-  }
-  if (inherits(x, "fed_value")) {
-    return(x$py)
-  }
-  switch(info$kind,
-    tensor = as_py_tensor(x, info, arg, where),
-    sequence = {
-      if (is.list(x)) {
-        items <- lapply(seq_along(x), function(i) {
-          as_py_tensor(x[[i]], info$element, arg, sprintf("%selement %d ", where, i))
-        })
-        reticulate::r_to_py(items)
-      } else if (info$element$rank == 0L) {
-        check_values(x, arg, where, info$element$dtype)
-        reticulate::r_to_py(as.list(cast_values(x, info$element$dtype)))
-      } else {
-        check_values(x, arg, where, info$element$dtype)
-        reticulate::np_array(cast_values(x, info$element$dtype), dtype = info$element$dtype)
-      }
-    },
-    federated = {
-      if (info$placement == "server") {
-        return(as_typed_value(x, info$member, arg, where))
-      }
-      scalar_members <- info$member$kind == "tensor" && info$member$rank == 0L
-      if (!is.list(x) && !(scalar_members && is.atomic(x))) {
-        fedr_abort(sprintf(
-          "`%s` must be a list with one element per client, not %s.", arg, describe(x)
-        ), arg)
-      }
-      members <- lapply(seq_along(x), function(i) {
-        as_typed_value(x[[i]], info$member, arg, sprintf("client %d: ", i))
-      })
-      reticulate::r_to_py(members)
-    }
-  )
-}
-
-as_py_tensor <- function(x, info, arg, where) {
-  if (inherits(x, "python.builtin.object")) {
-    return(x)
-  }
-  check_values(x, arg, where, info$dtype)
-  values <- cast_values(x, info$dtype)
-  if (info$rank == 0L) {
-    if (length(values) != 1L) {
-      fedr_abort(sprintf("`%s`: %sexpected a single number, got %d values.", arg, where, length(values)), arg)
-    }
-    return(reticulate::r_to_py(values))
-  }
-  reticulate::np_array(values, dtype = info$dtype)
-}
-
-check_values <- function(x, arg, where, dtype) {
-  numeric_ok <- is.numeric(x) || is.logical(x)
-  if (!is.atomic(x) || !numeric_ok) {
-    fedr_abort(sprintf("`%s`: %sexpected %s values, got %s.", arg, where, dtype, describe(x)), arg)
-  }
-  bad <- which(is.na(x))
-  if (length(bad)) {
-    fedr_abort(sprintf(
-      "`%s`: %smust not contain NA or NaN; element %d is %s.", arg, where, bad[[1]], format(x[bad[[1]]])
-    ), arg)
-  }
-}
-
-cast_values <- function(x, dtype) {
-  if (dtype == "bool") {
-    return(as.logical(x))
-  }
-  if (startsWith(dtype, "int") || startsWith(dtype, "uint")) {
-    if (any(x != round(x))) {
-      fedr_abort(sprintf("values must be whole numbers for %s, got %s.", dtype, format(x[x != round(x)][[1]])))
-    }
-    storage.mode(x) <- "integer"
-    return(x)
-  }
-  storage.mode(x) <- "double"
-  x
-}
-
 # ---- computations
 
 #' Typed computations
@@ -205,10 +77,11 @@ cast_values <- function(x, dtype) {
 #' value that combines it with [federated_map()], [federated_mean()] and
 #' [federated_sum()].
 #'
-#' Calling the result converts its R argument once: a numeric vector becomes
-#' a sequence (also when it has length one), a list becomes one member per
-#' client. `NA` or a value that does not fit `type` is an error of class
-#' `fedr_error`.
+#' Calling the result converts its R argument once, and `type` checks it:
+#' a numeric vector is a sequence (also when it has length one) or, for a
+#' [federated_type()] of numbers, one number per client; a list has one
+#' element per member or client. `NA` or a value that does not fit `type` is
+#' an error of class `fedr_error` naming the argument of `fn`.
 #'
 #' @param fn An R function of one argument.
 #' @param type The argument's type: a [sequence_type()] or [tensor_type()]
@@ -243,8 +116,6 @@ federated_computation <- function(fn, type) {
 
 new_computation <- function(fn, type, kind) {
   check_function(fn, "fn")
-  py_type <- as_py_type(type)
-  info <- type_info(py_type)
   arg <- names(formals(fn))[1]
   if (is.null(arg) || identical(arg, "...")) arg <- "value"
   # Python calls `body` with the converted argument; federated values reach
@@ -254,10 +125,14 @@ new_computation <- function(fn, type, kind) {
     unwrap_py(fn(x))
   }
   builder <- if (kind == "tf") "tf_computation" else "federated_computation"
-  py <- fedr_call(fedr_module()[[builder]](reticulate::py_func(body), py_type))
+  py <- fedr_call(
+    fedr_module()[[builder]](reticulate::py_func(body), as_py_value(type, "type")),
+    c(type_spec = "type")
+  )
   computation <- function(value) {
     if (missing(value)) fedr_abort(sprintf("`%s` is missing.", arg), arg)
-    x <- as_typed_value(value, info, arg)
+    # The type converts and checks once; the call converts no more.
+    x <- fedr_call(py$type_signature$convert(as_py_value(value, arg), from_r = TRUE), arg)
     from_py(fedr_call(reticulate::py_call(py, x)))
   }
   structure(computation, class = c("fed_computation", "function"), py = py, kind = kind)
@@ -316,30 +191,13 @@ as.list.fed_value <- function(x, ...) from_py(x$py$members)
 r_to_py.fed_value <- function(x, convert = FALSE) x$py
 
 # A federated operand given from R: a fed_value or Python object as it is, an
-# R list (or vector of numbers) as one member per client.
+# R list or vector as one member per element (a client-placed value).
 as_federated_operand <- function(x, arg) {
-  if (inherits(x, "fed_value")) {
-    return(x$py)
+  if (is.numeric(x) || is.logical(x)) {
+    check_na(x, arg)
+    x <- as.list(x)
   }
-  if (inherits(x, "python.builtin.object")) {
-    return(x)
-  }
-  if (!is.list(x) && !(is.atomic(x) && (is.numeric(x) || is.logical(x)))) {
-    fedr_abort(sprintf("`%s` must be a federated value or a list of client values, not %s.", arg, describe(x)), arg)
-  }
-  members <- lapply(seq_along(x), function(i) {
-    member <- x[[i]]
-    if (inherits(member, "python.builtin.object")) {
-      return(member)
-    }
-    check_values(member, arg, sprintf("client %d: ", i), "numeric")
-    if (length(member) == 1L && is.null(dim(member))) {
-      reticulate::r_to_py(as.double(member))
-    } else {
-      reticulate::np_array(array(as.double(member), dim = dim(member) %||% length(member)), dtype = "float32")
-    }
-  })
-  reticulate::r_to_py(members)
+  as_py_value(x, arg)
 }
 
 `%||%` <- function(x, y) if (is.null(x)) y else x
@@ -358,8 +216,9 @@ as_federated_operand <- function(x, arg) {
 #'   member.
 #' @param value A federated value (the argument of a federated computation or
 #'   the result of another operator), or a list of client values.
-#' @param weight `NULL` for the unweighted mean, else one non-negative weight
-#'   per client (a numeric vector or a federated value).
+#' @param weight `NULL` for the unweighted mean, else one weight per client
+#'   (a numeric vector or a federated value): finite, non-negative, with a
+#'   positive sum, the rules of the core's weighted mean.
 #' @returns A `fed_value`: placed at the clients for `federated_map()` and
 #'   `federated_broadcast()`, at the server otherwise. `as.list()` gives its
 #'   members.
@@ -379,38 +238,30 @@ federated_map <- function(fn, value) {
     py_fn <- reticulate::py_func(function(x) unwrap_py(fn(simplify_r(x))))
   }
   operand <- as_federated_operand(value, "value")
-  new_fed_value(fedr_call(fedr_module()$federated_map(py_fn, operand)))
+  # Two names, so that errors of `fn` (run here) are not said to be `value`'s.
+  new_fed_value(fedr_call(fedr_module()$federated_map(py_fn, operand), c("value", "fn")))
 }
 
 #' @rdname federated_map
 #' @export
 federated_mean <- function(value, weight = NULL) {
   operand <- as_federated_operand(value, "value")
-  if (is.atomic(weight) && !is.null(weight)) {
-    check_values(weight, "weight", "", "numeric")
-    if (any(weight < 0)) fedr_abort("`weight` must be non-negative.", "weight")
-    weight <- as.list(as.double(weight))
-  }
   if (!is.null(weight)) weight <- as_federated_operand(weight, "weight")
-  new_fed_value(fedr_call(fedr_module()$federated_mean(operand, weight = weight)))
+  new_fed_value(fedr_call(fedr_module()$federated_mean(operand, weight = weight), c("value", "weight")))
 }
 
 #' @rdname federated_map
 #' @export
 federated_sum <- function(value) {
-  new_fed_value(fedr_call(fedr_module()$federated_sum(as_federated_operand(value, "value"))))
+  operand <- as_federated_operand(value, "value")
+  new_fed_value(fedr_call(fedr_module()$federated_sum(operand), "value"))
 }
 
 #' @rdname federated_map
 #' @export
 federated_broadcast <- function(value) {
-  operand <- if (inherits(value, c("fed_value", "python.builtin.object"))) {
-    unwrap_py(value)
-  } else {
-    check_values(value, "value", "", "numeric")
-    reticulate::np_array(as.double(value), dtype = "float32")
-  }
-  new_fed_value(fedr_call(fedr_module()$federated_broadcast(operand)))
+  operand <- as_py_value(value, "value")
+  new_fed_value(fedr_call(fedr_module()$federated_broadcast(operand), "value"))
 }
 
 #' @importFrom reticulate tuple

@@ -1,14 +1,18 @@
 # The training history of fed_fit(): a data frame with print, plot and as.data.frame.
 
+# Columns of counts, not metrics: shown last, not plotted or averaged.
+count_columns <- c("num_examples", "num_clients", "num_clients_dropped")
+
 new_fed_history <- function(rows, state) {
   names_all <- unique(unlist(lapply(rows, names)))
   columns <- lapply(names_all, function(n) vapply(rows, function(r) unname(r[n]), numeric(1)))
   names(columns) <- names_all
   df <- list2DF(columns)
-  counts <- intersect(c("round", "num_examples", "num_clients"), names(df))
+  counts <- intersect(c("round", count_columns), names(df))
   df[counts] <- lapply(df[counts], as.integer)
   # Counts and time last, after the metrics.
-  df <- df[c(setdiff(names(df), c("num_examples", "num_clients", "seconds")), intersect(c("num_examples", "num_clients", "seconds"), names(df)))]
+  last <- c(count_columns, "seconds")
+  df <- df[c(setdiff(names(df), last), intersect(last, names(df)))]
   structure(df, state = state, class = c("fed_history", "data.frame"))
 }
 
@@ -55,10 +59,11 @@ format.fed_history <- function(x, ...) {
     return(header)
   }
   shown <- df
-  metric_cols <- setdiff(names(df), c("round", "num_examples", "num_clients", "seconds"))
+  metric_cols <- setdiff(names(df), c("round", count_columns, "seconds"))
   shown[metric_cols] <- lapply(df[metric_cols], function(v) sprintf("%.4f", v))
   if ("seconds" %in% names(df)) shown$seconds <- sprintf("%.2f", df$seconds)
   names(shown) <- short_metric_names(names(shown))
+  names(shown)[names(shown) == "num_clients_dropped"] <- "dropped"
   table <- utils::capture.output(print.data.frame(shown, row.names = FALSE))
   last <- df[n, metric_cols, drop = FALSE]
   final <- paste(sprintf("%s %.4f", short_metric_names(metric_cols), unlist(last)), collapse = ", ")

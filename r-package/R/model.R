@@ -12,8 +12,11 @@
 #'   Keras model. It is called when the model is checked here and again by
 #'   [fed_averaging()], so it must build a fresh model each time.
 #' @param loss A Keras loss: a name such as
-#'   `"sparse_categorical_crossentropy"`, a loss object, or a function with no
-#'   arguments returning one.
+#'   `"sparse_categorical_crossentropy"`, a loss object, a function with no
+#'   arguments returning one, or a loss written in R,
+#'   `function(y_true, y_pred)` returning one loss per example from
+#'   TensorFlow operations. A model with a loss or metrics written in R trains
+#'   on R's own thread ([fed_executor_serial()]).
 #' @param metrics Keras metrics, reported per round: a character vector of
 #'   names, a list of metric objects, or a function with no arguments
 #'   returning such a list (fresh metric objects for every model).
@@ -39,14 +42,19 @@ fed_model <- function(model_fn, loss = "sparse_categorical_crossentropy",
   if (!is_r_function(metrics)) check_keras_spec(metrics, "metrics", single = FALSE)
   dummy_batch <- as_dummy_batch(sample_batch)
   learning <- fedr_module("fedr.learning")
+  seen <- new.env(parent = emptyenv())
   build <- function() {
     keras_model <- model_fn()
     if (!inherits(keras_model, "python.builtin.object")) {
       fedr_abort(sprintf("`model_fn` must return a Keras model, not %s.", describe(keras_model)), "model_fn")
     }
-    loss_value <- if (is_r_function(loss)) loss() else if (is.character(loss)) keras_loss(loss) else loss
+    loss_value <- if (is_loss_function(loss)) loss else if (is_r_function(loss)) loss() else if (is.character(loss)) keras_loss(loss) else loss
     metric_values <- if (is_r_function(metrics)) metrics() else metrics
     if (is.character(metric_values)) metric_values <- as.list(metric_values)
+    # R functions among them run when TensorFlow traces the training graph:
+    # the process must then train on R's own thread.
+    seen$r_code <- is_r_function(loss_value) ||
+      (is.list(metric_values) && any(vapply(metric_values, is_r_function, logical(1))))
     learning$from_keras_model(keras_model,
       loss = loss_value, metrics = metric_values, dummy_batch = dummy_batch
     )
@@ -57,7 +65,8 @@ fed_model <- function(model_fn, loss = "sparse_categorical_crossentropy",
     list(
       py_fn = reticulate::py_func(build),
       description = reticulate::py_str(example),
-      metric_names = as.character(reticulate::py_to_r(example$metric_names))
+      metric_names = as.character(reticulate::py_to_r(example$metric_names)),
+      r_code = isTRUE(seen$r_code)
     ),
     class = "fed_model"
   )
@@ -75,6 +84,9 @@ keras_loss <- function(name) {
 
 # Python callables (a Keras loss object) are R functions to reticulate too.
 is_r_function <- function(x) is.function(x) && !inherits(x, "python.builtin.object")
+
+# A loss written in R: function(y_true, y_pred), not a factory with no arguments.
+is_loss_function <- function(x) is_r_function(x) && length(formals(x)) >= 2L
 
 check_keras_spec <- function(x, arg, single) {
   ok <- if (is.character(x)) {
@@ -128,8 +140,10 @@ print.fed_model <- function(x, ...) {
 #'
 #' @param name `"sgd"` or `"adam"`.
 #' @param learning_rate A positive learning rate.
-#' @param ... Options of the Keras optimizer: `momentum` and `nesterov` for
-#'   SGD; `beta_1`, `beta_2` and `epsilon` for Adam.
+#' @param ... Options of the Keras optimizer: `momentum` (in \[0, 1)),
+#'   `nesterov`, `weight_decay` and `clipnorm` for SGD; `beta_1`, `beta_2`,
+#'   `epsilon`, `amsgrad`, `weight_decay` and `clipnorm` for Adam. A wrong
+#'   name or value is an error naming it and listing the valid options.
 #' @returns A `fed_optimizer` object with a `print()` method.
 #' @family workflow
 #' @export
@@ -138,25 +152,18 @@ print.fed_model <- function(x, ...) {
 #' fed_optimizer("sgd", learning_rate = 1, momentum = 0.9)
 #' fed_optimizer("adam", learning_rate = 0.01)
 fed_optimizer <- function(name = c("sgd", "adam"), learning_rate, ...) {
-  name <- check_string(tolower(name[[1]]), "name", c("sgd", "adam"))
   if (missing(learning_rate)) fedr_abort("`learning_rate` is missing.", "learning_rate")
-  learning_rate <- as_number(learning_rate, "learning_rate", min = 0, min_inclusive = FALSE)
   options <- list(...)
-  allowed <- if (name == "sgd") c("momentum", "nesterov") else c("beta_1", "beta_2", "epsilon")
   if (length(options) && (is.null(names(options)) || any(!nzchar(names(options))))) {
     fedr_abort("Options in `...` must be named.", "...")
   }
-  unknown <- setdiff(names(options), allowed)
-  if (length(unknown)) {
-    fedr_abort(sprintf(
-      "`%s` is not an option of \"%s\"; use %s.", unknown[[1]], name, paste0("`", allowed, "`", collapse = ", ")
-    ), unknown[[1]])
-  }
-  for (opt in names(options)) {
-    options[[opt]] <- if (opt == "nesterov") check_flag(options[[opt]], opt) else as_number(options[[opt]], opt, min = 0)
-  }
+  # The rules on names, options and their values are the core's (fedr.learning.optimizer_fn).
+  name <- if (is.character(name) && length(name) >= 1L) tolower(name[[1]]) else name
   learning <- fedr_module("fedr.learning")
-  py <- fedr_call(do.call(learning$optimizer_fn, c(list(name, learning_rate), options)))
+  py <- fedr_call(
+    do.call(learning$optimizer_fn, c(list(name, learning_rate), options)),
+    arg = c("name", "learning_rate", names(options))
+  )
   structure(list(py = py, name = name, learning_rate = learning_rate, options = options), class = "fed_optimizer")
 }
 

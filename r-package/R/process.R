@@ -16,8 +16,24 @@
 #' @param server_optimizer The server's optimizer, likewise; `NULL` is SGD
 #'   with learning rate 1.
 #' @param local_epochs Passes each client makes over its data per round.
+#' @param seed `NULL` for fresh randomness, or a whole number: the initial
+#'   weights and every client's randomness (Dropout, ...) then derive from
+#'   (seed, round, client), so two runs give identical weights whatever the
+#'   executor.
+#' @param executor Who runs the clients: [fed_executor_threads()] (the
+#'   default: one thread and model copy per core) or [fed_executor_serial()].
+#'   A model whose loss or metrics are R functions runs serially, on R's own
+#'   thread (R cannot be called from other threads); asking for threads then
+#'   is an error.
+#' @param aggregator How client updates are combined: `NULL` (the default) is
+#'   [fed_aggregator_mean()], the example-weighted mean.
 #' @returns A `fed_process` object, used by [fed_initialize()], [fed_next()],
 #'   [fed_fit()] and [fed_evaluate()].
+#' @section Whole model state:
+#' The state holds every variable of the model, trainable and not: BatchNorm
+#' statistics are averaged over the clients (weighted by example count) and
+#' evaluation uses the state's values only, so the same state gives the same
+#' metrics whatever trained before. Random-generator state is never averaged.
 #' @family workflow
 #' @export
 #' @examplesIf fedr_available()
@@ -30,7 +46,8 @@
 #' })
 #' process <- fed_averaging(model, fed_optimizer("sgd", 0.02), fed_optimizer("sgd", 1))
 #' process
-fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, local_epochs = 1L) {
+fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, local_epochs = 1L,
+                          seed = NULL, executor = NULL, aggregator = NULL) {
   if (!inherits(model, "fed_model")) {
     fedr_abort(sprintf("`model` must be a fed_model() object, not %s.", describe(model)), "model")
   }
@@ -38,10 +55,13 @@ fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, loca
   client <- as_py_optimizer(client_optimizer, "client_optimizer")
   server <- if (is.null(server_optimizer)) NULL else as_py_optimizer(server_optimizer, "server_optimizer")
   local_epochs <- as_integer(local_epochs, "local_epochs")
+  seed <- as_seed(seed)
+  executor <- as_executor(executor, model)
+  aggregator <- as_aggregator(aggregator)
   learning <- fedr_module("fedr.learning")
   py <- fedr_call(learning$build_weighted_fed_avg(
     model$py_fn, client, server,
-    local_epochs = local_epochs
+    local_epochs = local_epochs, seed = seed, executor = executor$py, aggregator = aggregator$py
   ))
   structure(
     list(
@@ -49,7 +69,10 @@ fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, loca
       model = model,
       client_optimizer = client_optimizer,
       server_optimizer = server_optimizer %||% "sgd(learning_rate = 1)",
-      local_epochs = local_epochs
+      local_epochs = local_epochs,
+      seed = seed,
+      executor = executor,
+      aggregator = aggregator
     ),
     class = "fed_process"
   )
@@ -64,7 +87,9 @@ format.fed_process <- function(x, ...) {
     "<fed_process> federated averaging",
     sprintf("  model: %s", x$model$description),
     sprintf("  client optimizer: %s, %d local epoch%s", describe_opt(x$client_optimizer), x$local_epochs, if (x$local_epochs == 1L) "" else "s"),
-    sprintf("  server optimizer: %s", describe_opt(x$server_optimizer))
+    sprintf("  server optimizer: %s", describe_opt(x$server_optimizer)),
+    sprintf("  aggregator: %s, executor: %s, seed: %s",
+      format(x$aggregator), format(x$executor), if (is.null(x$seed)) "none" else x$seed)
   )
 }
 
@@ -120,20 +145,37 @@ fed_next <- function(process, state, data) {
   check_process(process)
   check_state(state)
   check_data(data)
-  out <- fedr_call(process$py$`next`(state$py, data$py))
+  out <- fedr_call_warning(process$py$`next`, state$py, data$py)
   list(
     state = new_fed_state(reticulate::py_get_item(out, 0L)),
     metrics = as_metrics(reticulate::py_get_item(out, 1L))
   )
 }
 
+# Call a Python function; the fedr warnings it issues become R warnings of
+# class `fedr_warning` (e.g. clients left out of a round).
+fedr_call_warning <- function(fn, ...) {
+  out <- fedr_call(fedr_module("fedr._r")$call_with_warnings(fn, ...))
+  for (message in reticulate::py_to_r(reticulate::py_get_item(out, 1L))) {
+    warning(structure(
+      class = c("fedr_warning", "warning", "condition"),
+      list(message = message, call = NULL)
+    ))
+  }
+  reticulate::py_get_item(out, 0L)
+}
+
 #' @rdname fed_initialize
+#' @param which For `fed_weights()`: `"trainable"` (the default) or
+#'   `"non_trainable"` variables (e.g. BatchNorm statistics).
 #' @export
-fed_weights <- function(state) {
+fed_weights <- function(state, which = c("trainable", "non_trainable")) {
   state <- as_state(state)
-  lapply(reticulate::py_to_r(state$py$model_weights), function(w) {
-    if (length(dim(w)) == 1L) as.vector(w) else w
-  })
+  which <- check_string(which[[1]], "which", c("trainable", "non_trainable"))
+  model <- state$py$model
+  values <- reticulate::py_to_r(reticulate::py_get_attr(model, which))
+  names(values) <- as.character(reticulate::py_to_r(reticulate::py_get_attr(model, paste0(which, "_names"))))
+  lapply(values, function(w) if (length(dim(w)) == 1L) as.vector(w) else w)
 }
 
 new_fed_state <- function(py) {
@@ -147,7 +189,9 @@ new_fed_state <- function(py) {
 format.fed_state <- function(x, ...) {
   shapes <- reticulate::py_to_r(x$py$shapes)
   shapes <- vapply(shapes, function(s) sprintf("(%s)", paste(unlist(s), collapse = ", ")), character(1))
-  sprintf("<fed_state> round %d, weights %s", x$round, paste(shapes, collapse = " "))
+  n_other <- as.integer(reticulate::py_len(x$py$model$non_trainable))
+  other <- if (n_other) sprintf(", %d non-trainable variable%s", n_other, if (n_other == 1L) "" else "s") else ""
+  sprintf("<fed_state> round %d, weights %s%s", x$round, paste(shapes, collapse = " "), other)
 }
 
 #' @export
@@ -233,9 +277,16 @@ check_data <- function(data) {
 #' @param verbose Show a line per round (as messages) and, in a terminal
 #'   that redraws in place, a progress bar.
 #' @returns A `fed_history`: a data frame with one row per round (`round`,
-#'   each metric, `num_examples`, `num_clients`, `seconds`) and the final
-#'   state in `attr(, "state")`; it has `print()`, `plot()` and
-#'   `as.data.frame()` methods.
+#'   each metric, `num_examples`, `num_clients`, `num_clients_dropped`,
+#'   `seconds`) and the final state in `attr(, "state")`; it has `print()`,
+#'   `plot()` and `as.data.frame()` methods.
+#' @section Failures:
+#' Clients whose update is not finite (NaN or Inf) are left out of their
+#' round: they are counted in `num_clients_dropped` and named in a warning of
+#' class `fedr_warning`. When a round fails (e.g. every client diverged),
+#' finished rounds are not lost: the `fedr_error` says so and carries them in
+#' `e$history`, a `fed_history` whose `attr(, "state")` is the last good
+#' state (save it with [fed_save_state()], or go on with `fed_fit(state = )`).
 #' @family workflow
 #' @export
 #' @examplesIf fedr_available()
@@ -265,7 +316,10 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE) {
   }
   for (i in seq_len(rounds)) {
     started <- proc.time()[["elapsed"]]
-    result <- fed_next(process, state, data)
+    result <- tryCatch(fed_next(process, state, data), error = function(e) {
+      if (show_bar) cli::cli_progress_done(id = bar)
+      abort_with_history(e, rows[seq_len(i - 1L)], state)
+    })
     seconds <- proc.time()[["elapsed"]] - started
     state <- result$state
     rows[[i]] <- c(round = state$round, result$metrics, seconds = seconds)
@@ -278,11 +332,32 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE) {
   new_fed_history(rows, state)
 }
 
+# A failed round: the error again, carrying the finished rounds and their state.
+abort_with_history <- function(e, rows, state) {
+  history <- new_fed_history(rows, state)
+  n <- length(rows)
+  kept <- if (n) {
+    sprintf("Rounds %s finished and are kept: the error's `history` holds them and their state (e$history, attr(e$history, \"state\")).", if (n == 1L) "1" else paste0("1-", n))
+  } else {
+    "No round finished."
+  }
+  cnd <- structure(
+    class = c("fedr_error", "error", "condition"),
+    list(
+      message = paste0(sprintf("Round %d failed: ", state$round + 1L), conditionMessage(e), "\n", kept),
+      call = NULL, arg = e$arg, python_type = e$python_type, history = history, parent = e
+    )
+  )
+  stop(cnd)
+}
+
 # "round  2  accuracy 0.6949  loss 0.8893  (0.05 s)"
 format_round <- function(round, metrics, seconds, width = 3L) {
-  shown <- metrics[!names(metrics) %in% c("num_examples", "num_clients")]
+  shown <- metrics[!names(metrics) %in% count_columns]
   parts <- sprintf("%s %.4f", short_metric_names(names(shown)), shown)
-  sprintf("round %*d  %s  (%.2f s)", width, round, paste(parts, collapse = "  "), seconds)
+  dropped <- metrics[["num_clients_dropped"]] %||% 0
+  note <- if (dropped > 0) sprintf("  [%d client%s dropped]", as.integer(dropped), if (dropped == 1) "" else "s") else ""
+  sprintf("round %*d  %s  (%.2f s)%s", width, round, paste(parts, collapse = "  "), seconds, note)
 }
 
 short_metric_names <- function(x) sub("^sparse_categorical_|^categorical_|^binary_", "", x)

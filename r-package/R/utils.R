@@ -11,16 +11,41 @@ fedr_abort <- function(message, arg = NULL, python_type = NULL) {
 
 # Evaluate a call into Python; a Python exception becomes a `fedr_error`
 # carrying the Python message ("ValueError: ...") and never the traceback.
-fedr_call <- function(expr) {
+# With `arg`, the call checks R arguments (wrap only that call: every error
+# then names one) and the message names the R argument as R's own checks do,
+# "`arg`: <Python message>". `arg` holds R argument names, named by the Python
+# parameter each stands for where the names differ; a Python message starting
+# "name: " or "`name`" says which one, else a single `arg` is named.
+fedr_call <- function(expr, arg = NULL) {
   reticulate::py_clear_last_error()
   tryCatch(expr, error = function(e) {
     if (inherits(e, "fedr_error")) stop(e)
     parsed <- python_error(e)
-    fedr_abort(parsed$message, python_type = parsed$type)
+    named <- name_argument(parsed, arg)
+    fedr_abort(named$message, named$arg, python_type = parsed$type)
   })
 }
 
-# The Python exception behind an R error: type name and "Type: message".
+name_argument <- function(parsed, arg) {
+  python <- names(arg) %||% arg
+  python[!nzchar(python)] <- arg[!nzchar(python)]
+  for (i in seq_along(arg)) {
+    for (prefix in c(paste0(python[[i]], ": "), paste0("`", python[[i]], "`"))) {
+      if (startsWith(parsed$value, prefix)) {
+        rest <- substring(parsed$value, nchar(prefix) + 1L)
+        sep <- if (startsWith(prefix, "`")) "" else ": "
+        return(list(message = paste0("`", arg[[i]], "`", sep, rest), arg = unname(arg[[i]])))
+      }
+    }
+  }
+  if (length(arg) == 1L) {
+    return(list(message = sprintf("`%s`: %s", arg, parsed$value), arg = unname(arg)))
+  }
+  list(message = parsed$message, arg = NULL)
+}
+
+# The Python exception behind an R error: type name, its message (`value`)
+# and "Type: message".
 # fedr's own classes read as the builtins they derive from (FedValueError is a
 # ValueError), so users see the kind of error they know.
 python_error <- function(e) {
@@ -45,7 +70,7 @@ python_error <- function(e) {
     value <- sub("^\\s*\\w*(Error|Exception): ", "", paragraphs[[length(paragraphs)]])
   }
   value <- trimws(value)
-  list(type = type, message = if (is.na(type)) value else paste0(type, ": ", value))
+  list(type = type, value = value, message = if (is.na(type)) value else paste0(type, ": ", value))
 }
 
 # ---- argument checks: fail in R, naming the argument, before Python sees it.
@@ -159,29 +184,50 @@ as_py_features <- function(x, arg = "x") {
   fedr_call(np$ascontiguousarray(reticulate::r_to_py(x), dtype = "float32"))
 }
 
-# Labels (integer-valued numbers or a factor) -> int32 ndarray of length n.
-# A factor's codes become 0-based class ids (level 1 is class 0).
-as_py_labels <- function(y, n, arg = "y") {
-  if (is.factor(y)) y <- as.integer(y) - 1L
-  if (!is.numeric(y) || !is.null(dim(y)) && length(dim(y)) > 1L && all(dim(y) > 1L)) {
-    fedr_abort(sprintf("`%s` must be an integer vector or a factor, not %s.", arg, describe(y)), arg)
+# An R value as the Python value it stands for, converted once, whatever the
+# type it must fit (Python checks that): a number (a vector of length one) as
+# a Python scalar, a longer vector or an array as a numpy array (dims kept;
+# doubles float64, integers int32, logicals bool), a list as a Python list,
+# fedr and Python objects as they are. NA has no Python counterpart
+# (NA_integer_ would arrive as -2147483648), so it is an error naming `arg`.
+as_py_value <- function(x, arg) {
+  if (inherits(x, c("fed_value", "fed_type", "fed_computation", "python.builtin.object"))) {
+    return(unwrap_py(x))
   }
-  y <- as.vector(y)
-  check_finite(y, arg)
-  if (any(y != round(y))) {
-    fedr_abort(sprintf("`%s` must hold whole numbers (class ids); element %d is %s.", arg, which(y != round(y))[[1]], format(y[y != round(y)][[1]])), arg)
+  if (is.list(x) && !is.data.frame(x)) {
+    items <- lapply(seq_along(x), function(i) as_py_value(x[[i]], sprintf("%s[[%d]]", arg, i)))
+    return(reticulate::r_to_py(items))
   }
-  if (any(y < 0)) {
-    fedr_abort(sprintf("`%s` must hold class ids >= 0; element %d is %s.", arg, which(y < 0)[[1]], format(y[y < 0][[1]])), arg)
+  if (is.numeric(x) || is.logical(x)) {
+    check_na(x, arg)
+    if (length(x) == 1L && is.null(dim(x))) {
+      return(reticulate::r_to_py(as.vector(x)))
+    }
+    return(reticulate::np_array(x))
   }
-  if (length(y) != n) {
-    fedr_abort(sprintf("`%s` must have one label per example (%d), not %d.", arg, n, length(y)), arg)
-  }
-  reticulate::np_array(as.integer(y), dtype = "int32")
+  reticulate::r_to_py(x)
 }
 
-check_finite <- function(x, arg) {
-  bad <- which(is.na(x) | is.infinite(x))
+# Labels -> int32 ndarray of length n. Here only R's side: a factor's codes
+# become 0-based class ids (level 1 is class 0), a one-column matrix a vector,
+# NA an error; fedr.datasets.as_labels holds the rule (whole numbers >= 0, one
+# per example) and its messages name `arg`.
+as_py_labels <- function(y, n, arg = "y") {
+  if (is.factor(y)) y <- as.integer(y) - 1L
+  if (length(dim(y)) > 1L && sum(dim(y) > 1L) <= 1L) y <- as.vector(y)
+  if (is.numeric(y) || is.logical(y)) {
+    check_na(y, arg)
+    values <- reticulate::np_array(y) # 1-d even for one label
+  } else {
+    values <- reticulate::r_to_py(y)
+  }
+  datasets <- fedr_module("fedr.datasets")
+  fedr_call(datasets$as_labels(values, as.integer(n), what = sprintf("`%s`", arg)), arg)
+}
+
+# NA, NaN and (with `infinite`) Inf are errors naming `arg` and the first one.
+check_finite <- function(x, arg, infinite = TRUE) {
+  bad <- which(if (infinite) is.na(x) | is.infinite(x) else is.na(x))
   if (length(bad)) {
     where <- if (is.null(dim(x))) {
       sprintf("element %d", bad[[1]])
@@ -190,12 +236,16 @@ check_finite <- function(x, arg) {
       sprintf("element [%s]", paste(idx, collapse = ", "))
     }
     fedr_abort(sprintf(
-      "`%s` must not contain NA, NaN or infinite values; %s is %s (%d in all).",
-      arg, where, format(x[bad[[1]]]), length(bad)
+      "`%s` must not contain %s; %s is %s (%d in all).",
+      arg, if (infinite) "NA, NaN or infinite values" else "NA or NaN",
+      where, format(x[bad[[1]]]), length(bad)
     ), arg)
   }
   invisible(x)
 }
+
+# NA and NaN: values Python cannot receive from R.
+check_na <- function(x, arg) check_finite(x, arg, infinite = FALSE)
 
 # A Python value back to R; 1-d arrays become plain vectors, recursively.
 from_py <- function(x) simplify_r(reticulate::py_to_r(x))

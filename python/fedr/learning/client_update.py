@@ -72,6 +72,18 @@ def _flat(tensors: list[Any]) -> Any:
     return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors], axis=0)
 
 
+def _compiled(method: Any) -> Any:
+    """``tf.function`` of a replica's method, traced once per replica.
+
+    TensorFlow counts traces per code object, not per instance, so many
+    processes in one session (tests, R sessions) would warn of "retracing"
+    although each replica traces once; that warning is turned off here.
+    """
+    fn = tf.function(method, reduce_retracing=True)
+    fn._omit_frequent_tracing_warning = True
+    return fn
+
+
 def _seed_states(keras_model: Any) -> set[int]:
     """ids of the state variables of the model's random generators (Dropout and others)."""
     ids = set()
@@ -135,8 +147,8 @@ class ClientUpdate:
         self.output_shape = tuple(out[1:])
         self._output_shape = tf.TensorShape([None, *out[1:]])
         self._rule = _target_rule(model.loss)
-        self._train = tf.function(self._train_graph, reduce_retracing=True)
-        self._eval = tf.function(self._eval_graph, reduce_retracing=True)
+        self._train = _compiled(self._train_graph)
+        self._eval = _compiled(self._eval_graph)
 
     # ------------------------------------------------------------------ checks
 

@@ -29,7 +29,7 @@ import numpy as np
 from fedr import _seeds
 from fedr.aggregators import Aggregator, WeightedMeanAccumulator, check_aggregator
 from fedr.datasets import ClientData, as_client_data
-from fedr.errors import FedTypeError, FedValueError
+from fedr.errors import FedTypeError, FedValueError, FedWarning
 from fedr.executors import Executor, threads
 from fedr.executors._local import check_executor
 from fedr.learning.client_update import ClientOutput, ClientUpdate
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-class ClientsDroppedWarning(UserWarning):
+class ClientsDroppedWarning(FedWarning):
     """Some clients of a round were left out of the aggregate (their update was not finite)."""
 
 

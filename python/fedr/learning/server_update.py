@@ -62,6 +62,8 @@ class ServerOptimizer:
         self.names = tuple(v.name for v in self._vars)
         self._lock = threading.Lock()
         self._apply = tf.function(self._apply_graph)
+        # Traced once per optimizer; TensorFlow would count traces of all instances together.
+        self._apply._omit_frequent_tracing_warning = True
 
     def init(self) -> NamedArrays:
         """Return the optimizer's initial named state (zeros, iteration 0)."""

@@ -283,14 +283,15 @@ def save_state(state: ServerState, path: str | os.PathLike[str]) -> str:
     return path
 
 
-def load_state(path: str | os.PathLike[str]) -> ServerState:
+def load_state(path: str | os.PathLike[str], process: Any = None) -> ServerState:
     """Load a server state written by :func:`save_state`.
-
-    The state is checked against a model only when it is used (``next``,
-    ``evaluate``), which names any variable that does not fit.
 
     Args:
         path: The file.
+        process: Optionally the process that will train it (e.g. from
+            ``build_weighted_fed_avg``): the state is then checked against its
+            model now, variable by variable (name, shape, dtype, finite
+            values), rather than when first used by ``next`` or ``evaluate``.
 
     Returns:
         The :class:`ServerState`, bit for bit as saved.
@@ -299,7 +300,19 @@ def load_state(path: str | os.PathLike[str]) -> ServerState:
         FileNotFoundError: no such file.
         StateFileError: the file is not a fedr checkpoint, is truncated or
             corrupt, or has another format version; the message names the file.
+        FedValueError: ``process`` is given and the state does not fit its
+            model; the message names the file and the variable.
     """
+    state = _read_state(path)
+    if process is not None:
+        try:
+            process.check_state(state)
+        except FedValueError as err:
+            raise FedValueError(f"{os.fspath(path)!r}: {err}") from None
+    return state
+
+
+def _read_state(path: str | os.PathLike[str]) -> ServerState:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no checkpoint file at {path!r}")

@@ -14,9 +14,23 @@ test_that("types print in TFF's notation", {
   expect_identical(format(federated_type(sequence_type("float32"), "clients")), "{float32*}@CLIENTS")
   expect_identical(format(federated_type("float32", "server")), "float32@SERVER")
   expect_identical(format(tensor_type("float32", c(NA, 784))), "float32[?,784]")
-  expect_error(sequence_type("float33"), "`dtype` must be one of", class = "fedr_error")
-  expect_error(federated_type(sequence_type(), "everywhere"), "`placement` must be one of", class = "fedr_error")
-  expect_error(tensor_type("float32", -1), "`shape`", class = "fedr_error")
+})
+
+test_that("the Python types check their arguments; errors name the R argument", {
+  skip_if_no_fedr()
+  dtypes <- "\\['bool', 'float16', 'float32', 'float64', 'int16', 'int32', 'int64', 'int8', 'uint8'\\]"
+  expect_error(sequence_type("float33"), paste0("^`dtype`: expected one of ", dtypes, ", got 'float33'$"), class = "fedr_error")
+  expect_error(federated_type("float33"), "^`member`: expected one of .*, got 'float33'$", class = "fedr_error")
+  expect_error(federated_type(sequence_type(), "everywhere"),
+    "^`placement`: expected CLIENTS, SERVER, 'clients' or 'server', got 'everywhere'$",
+    class = "fedr_error"
+  )
+  expect_error(tensor_type("float32", -1), "^`shape`: expected non-negative whole numbers or None \\(unknown\\), got \\[-1.0\\]$", class = "fedr_error")
+  expect_error(tensor_type("float32", 2.5), "^`shape`: .*got \\[2.5\\]$", class = "fedr_error")
+  err <- tryCatch(sequence_type("float33"), error = identity)
+  expect_identical(err$arg, "dtype")
+  expect_identical(err$python_type, "TypeError")
+  expect_identical(format(federated_type("int32")), "{int32}@CLIENTS")
 })
 
 test_that("the local average of c(1, 2, 3) is 2, as in the article", {
@@ -79,32 +93,57 @@ test_that("values that do not fit the type are R errors naming the argument", {
   global_average <- federated_computation(function(readings) {
     federated_mean(federated_map(local_average, readings))
   }, federated_type(sequence_type("float32"), "clients"))
-  expect_error(local_average(c(1, NA)), "`temperatures`: must not contain NA or NaN; element 2", class = "fedr_error")
-  expect_error(local_average(c(1, NaN)), "`temperatures`.*NaN", class = "fedr_error")
-  expect_error(local_average("a"), "`temperatures`: expected float32 values", class = "fedr_error")
+  # NA has no Python counterpart: R refuses it, naming the argument and the element.
+  expect_error(local_average(c(1, NA)), "^`temperatures` must not contain NA or NaN; element 2 is NA \\(1 in all\\)\\.$", class = "fedr_error")
+  expect_error(local_average(c(1, NaN)), "`temperatures` must not contain NA or NaN; element 2 is NaN", class = "fedr_error")
+  expect_error(global_average(list(1, NA)), "^`readings\\[\\[2\\]\\]` must not contain NA or NaN; element 1 is NA", class = "fedr_error")
+  # The rest is the Python type's check, named after the R argument; clients count from 1.
+  expect_error(local_average("a"), "^`temperatures`: expected float32\\*, got str$", class = "fedr_error")
+  expect_error(local_average(list(1, "a")), "^`temperatures`: expected float32\\*, got list\\[float\\|str\\]$", class = "fedr_error")
+  expect_error(global_average(list(c(1, 2), "a")), "^`readings`: client 2: expected float32\\*, got str$", class = "fedr_error")
+  expect_error(global_average(c(1, 2)), "^`readings`: client 1: expected float32\\*, got float$", class = "fedr_error")
+  expect_error(global_average("a"), "^`readings`: expected \\{float32\\*\\}@CLIENTS, got str$", class = "fedr_error")
+  err <- tryCatch(global_average(list(c(1, 2), "a")), error = identity)
+  expect_identical(err$arg, "readings")
+  expect_identical(err$python_type, "TypeError")
   expect_error(local_average(), "`temperatures` is missing", class = "fedr_error")
-  expect_error(global_average(c(1, 2)), "`readings` must be a list with one element per client", class = "fedr_error")
-  expect_error(global_average(list(1, NA)), "`readings`: client 2: must not contain NA", class = "fedr_error")
   expect_error(tf_computation("not a function", sequence_type()), "`fn` must be a function", class = "fedr_error")
-  expect_error(tf_computation(identity, "float32"), "`type` must be a type", class = "fedr_error")
-  expect_error(federated_mean(list(1, 2), weight = c(1, NA)), "`weight`.*NA", class = "fedr_error")
-  expect_error(federated_mean(list(1, 2), weight = c(1, -1)), "`weight` must be non-negative", class = "fedr_error")
-  expect_error(federated_mean("a"), "`value` must be a federated value or a list", class = "fedr_error")
+  expect_error(tf_computation(identity, "float32"), "^`type`: expected TensorType, SequenceType or FederatedType, got str$", class = "fedr_error")
+  expect_error(
+    tf_computation(identity, federated_type(sequence_type("float32"), "clients")),
+    "^`type`: a tf_computation takes a non-federated type, got \\{float32\\*\\}@CLIENTS$",
+    class = "fedr_error"
+  )
+  expect_error(federated_mean("a"), "^`value`: expected a federated value or a list of client values, got str$", class = "fedr_error")
+  expect_error(federated_mean(list(c(1, 2), 3)), "^`value`: client values differ in shape", class = "fedr_error")
+})
+
+test_that("weights are checked once, by the core's rules, and errors name `weight`", {
+  skip_if_no_fedr()
+  expect_error(federated_mean(list(1, 2), weight = c(1, NA)), "^`weight` must not contain NA or NaN; element 2 is NA", class = "fedr_error")
+  expect_error(federated_mean(list(1, 2), weight = c(1, -1)), "^`weight`: weights\\[1\\] is -1.0; weights must be non-negative$", class = "fedr_error")
+  expect_error(federated_mean(list(1, 2), weight = c(1, Inf)), "^`weight`: weights\\[1\\] is inf; weights must be finite$", class = "fedr_error")
+  expect_error(federated_mean(list(1, 2), weight = c(0, 0)), "^`weight`: weights sum to 0.0; the total weight must be positive and finite$", class = "fedr_error")
+  expect_error(federated_mean(list(1, 2), weight = c(1, 2, 3)), "^`weight`: weights has 3 entries", class = "fedr_error")
+  err <- tryCatch(federated_mean(list(1, 2), weight = c(1, -1)), error = identity)
+  expect_identical(err$arg, "weight")
+  expect_identical(err$python_type, "ValueError")
+  expect_equal(as.list(federated_mean(list(1, 2), weight = c(0, 1)))[[1]], 2)
 })
 
 test_that("Python errors arrive as fedr_error with the Python message, no traceback", {
   skip_if_no_fedr()
-  err <- tryCatch(
-    tf_computation(identity, federated_type(sequence_type("float32"), "clients")),
-    error = identity
-  )
+  # An error of the computation itself (not of its argument) names no argument.
+  broken <- tf_computation(function(x) x$no_such_method(), sequence_type("float32"))
+  err <- tryCatch(broken(c(1, 2)), error = identity)
   expect_s3_class(err, "fedr_error")
-  expect_match(conditionMessage(err), "^TypeError: type_spec: a tf_computation takes a non-federated type")
-  expect_identical(err$python_type, "TypeError")
-  err <- tryCatch(federated_mean(list(1, 2), weight = c(0, 0)), error = identity)
-  expect_s3_class(err, "fedr_error")
-  expect_match(conditionMessage(err), "^ValueError: weight: expected finite non-negative weights")
+  expect_null(err$arg)
+  expect_match(conditionMessage(err), "AttributeError: .* has no attribute 'no_such_method'")
   expect_no_match(conditionMessage(err), "Traceback|File \"")
+  err <- tryCatch(federated_map(function(x) stop("boom"), list(1)), error = identity)
+  expect_s3_class(err, "fedr_error")
+  expect_null(err$arg)
+  expect_match(conditionMessage(err), "boom")
 })
 
 test_that("fedr_python() gives the module for the article's $-style code", {

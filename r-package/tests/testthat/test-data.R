@@ -97,6 +97,37 @@ test_that("fed_clients() makes one client per list element", {
   expect_identical(fed_client(clients[2], 1)$y, c(1L, 1L, 0L, 1L))
 })
 
+test_that("labels follow the core's one rule, with messages naming the R argument", {
+  skip_if_no_fedr()
+  x <- matrix(runif(20), 10)
+  y <- rep(0:1, 5)
+  check <- function(labels, message, arg = "labels") {
+    err <- tryCatch(fed_split(x, 2, labels = labels), error = identity)
+    expect_s3_class(err, "fedr_error")
+    expect_identical(conditionMessage(err), message)
+    expect_identical(err$arg, arg)
+  }
+  check(replace(y, 3, 0.5), "`labels` must hold whole-number labels; got non-integer floats")
+  check(replace(y, 3, -1), "`labels` must hold non-negative labels; got -1.0")
+  check(replace(y, 3, -1L), "`labels` must hold non-negative labels; got -1")
+  check(y[-1], "`labels` must have one label per example (10); got 9")
+  check(as.character(y), "`labels` must be integer labels; got dtype <U1")
+  check(matrix(0, 10, 2), "`labels` must be 1-D labels; got shape (10, 2)")
+  # A factor (level 1 is class 0) and a one-column matrix are converted in R first.
+  expect_identical(fed_client(fed_split(x, 1, labels = factor(rep(c("b", "a"), 5))), 1)$y, rep(1:0, 5))
+  expect_identical(fed_client(fed_split(x, 1, labels = matrix(y)), 1)$y, y)
+  expect_error(
+    fed_clients(list(list(x = x, y = y[1:3]))),
+    "^`clients\\[\\[1\\]\\]\\$y` must have one label per example \\(10\\); got 3$",
+    class = "fedr_error"
+  )
+  expect_error(
+    fed_clients(list(a = list(x = x, y = y), b = list(x = x, y = -y))),
+    "^`clients\\[\\[2\\]\\]\\$y` must hold non-negative labels; got -1$",
+    class = "fedr_error"
+  )
+})
+
 test_that("bad data is an R error naming the argument, before Python", {
   skip_if_no_fedr()
   x <- matrix(runif(20), 10)
@@ -106,11 +137,7 @@ test_that("bad data is an R error naming the argument, before Python", {
   expect_error(fed_split(bad_x, 2, labels = y), "`data` must not contain NA.*element \\[4, 2\\]", class = "fedr_error")
   bad_x[4, 2] <- Inf
   expect_error(fed_split(bad_x, 2, labels = y), "`data` must not contain NA, NaN or infinite", class = "fedr_error")
-  expect_error(fed_split(x, 2, labels = replace(y, 3, NA)), "`labels` must not contain NA.*element 3", class = "fedr_error")
-  expect_error(fed_split(x, 2, labels = replace(y, 3, 0.5)), "`labels` must hold whole numbers", class = "fedr_error")
-  expect_error(fed_split(x, 2, labels = replace(y, 3, -1)), "`labels` must hold class ids >= 0", class = "fedr_error")
-  expect_error(fed_split(x, 2, labels = y[-1]), "`labels` must have one label per example \\(10\\), not 9", class = "fedr_error")
-  expect_error(fed_split(x, 2, labels = as.character(y)), "`labels` must be an integer vector", class = "fedr_error")
+  expect_error(fed_split(x, 2, labels = replace(y, 3, NA)), "^`labels` must not contain NA or NaN; element 3 is NA \\(1 in all\\)\\.$", class = "fedr_error")
   expect_error(fed_split(x, 2), "`labels` must be given", class = "fedr_error")
   expect_error(fed_split(x, 11, labels = y), "`n_clients` \\(11\\) must not exceed the number of examples \\(10\\)", class = "fedr_error")
   expect_error(fed_split(x, 0, labels = y), "`n_clients` must be a positive integer", class = "fedr_error")
@@ -126,7 +153,6 @@ test_that("bad data is an R error naming the argument, before Python", {
   expect_error(fed_split(data.frame(a = 1:3), 1, labels = "lab"), "no column \"lab\"", class = "fedr_error")
   expect_error(fed_clients(list()), "`clients` must be a non-empty list", class = "fedr_error")
   expect_error(fed_clients(list(list(x = x))), "`clients\\[\\[1\\]\\]` must be a list with elements `x` and `y`", class = "fedr_error")
-  expect_error(fed_clients(list(list(x = x, y = y[1:3]))), "`clients\\[\\[1\\]\\]\\$y` must have one label per example", class = "fedr_error")
   clients <- fed_split(x, 2, labels = y)
   expect_error(clients[3], "select among the 2 clients", class = "fedr_error")
   expect_error(fed_client(clients, 3), "`client` must be at most 2", class = "fedr_error")

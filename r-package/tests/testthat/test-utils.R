@@ -39,6 +39,26 @@ test_that("check_finite() points at the first NA, NaN or Inf", {
   expect_error(fedr:::check_finite(c(1, NA, Inf), "y"), "element 2 is NA \\(2 in all\\)", class = "fedr_error")
 })
 
+test_that("check_na() refuses only NA and NaN, which Python cannot receive", {
+  expect_identical(fedr:::check_na(c(1, Inf, -Inf), "weight"), c(1, Inf, -Inf))
+  expect_error(fedr:::check_na(c(1L, NA_integer_), "y"), "^`y` must not contain NA or NaN; element 2 is NA \\(1 in all\\)\\.$", class = "fedr_error")
+  expect_error(fedr:::check_na(c(NaN, 1), "x"), "^`x` must not contain NA or NaN; element 1 is NaN", class = "fedr_error")
+})
+
+test_that("fedr_call()'s `arg` names the R argument in the Python message", {
+  parsed <- function(value) list(type = "TypeError", value = value, message = paste0("TypeError: ", value))
+  name <- fedr:::name_argument
+  # One argument: the message is about it.
+  expect_identical(name(parsed("expected float32*, got str"), "temperatures"), list(message = "`temperatures`: expected float32*, got str", arg = "temperatures"))
+  # Python's "name: " or "`name`" prefix says which; names() map Python names to R's.
+  expect_identical(name(parsed("weight: weights sum to 0.0"), c("value", "weight")), list(message = "`weight`: weights sum to 0.0", arg = "weight"))
+  expect_identical(name(parsed("type_spec: expected TensorType"), c(type_spec = "type")), list(message = "`type`: expected TensorType", arg = "type"))
+  expect_identical(name(parsed("`labels` must hold whole-number labels"), "labels"), list(message = "`labels` must hold whole-number labels", arg = "labels"))
+  # Several candidates and none named: the Python message as it is.
+  expect_identical(name(parsed("boom"), c("value", "fn")), list(message = "TypeError: boom", arg = NULL))
+  expect_identical(name(parsed("boom"), NULL), list(message = "TypeError: boom", arg = NULL))
+})
+
 test_that("python_error() keeps the Python message and drops tracebacks", {
   fake <- simpleError("ValueError: client 'client_3': has no examples\n\nDetailed traceback:\n  File \"x.py\", line 1")
   parsed <- fedr:::python_error(fake)

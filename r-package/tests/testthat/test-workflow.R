@@ -32,7 +32,8 @@ test_that("two rounds of fed_fit() learn, deterministically", {
   expect_match(messages, "^round   [12]  accuracy 0\\.\\d{4}  loss \\d\\.\\d{4}  \\(\\d+\\.\\d{2} s\\)\n$", all = TRUE)
   expect_length(messages, 2)
   expect_s3_class(history, c("fed_history", "data.frame"))
-  expect_identical(names(history), c("round", "sparse_categorical_accuracy", "loss", "num_examples", "num_clients", "seconds"))
+  expect_identical(names(history), c("round", "sparse_categorical_accuracy", "loss", "num_examples", "num_clients", "num_clients_dropped", "seconds"))
+  expect_identical(history$num_clients_dropped, c(0L, 0L))
   expect_identical(history$round, 1:2)
   expect_identical(history$num_examples, c(600L, 600L))
   expect_identical(history$num_clients, c(3L, 3L))
@@ -82,9 +83,9 @@ test_that("fed_history prints, plots and converts", {
   history <- fed_fit(process, clients, rounds = 2, verbose = FALSE)
   expect_output(print(history), paste0(
     "<fed_history> 2 rounds of federated training\n",
-    " round accuracy   loss num_examples num_clients seconds\n",
-    "     1   0\\.\\d{4} \\d\\.\\d{4}          600           3 +\\d+\\.\\d{2}\n",
-    "     2   0\\.\\d{4} \\d\\.\\d{4}          600           3 +\\d+\\.\\d{2}\n",
+    " round accuracy   loss num_examples num_clients dropped seconds\n",
+    "     1   0\\.\\d{4} \\d\\.\\d{4}          600           3       0 +\\d+\\.\\d{2}\n",
+    "     2   0\\.\\d{4} \\d\\.\\d{4}          600           3       0 +\\d+\\.\\d{2}\n",
     "final: accuracy 0\\.\\d{4}, loss \\d\\.\\d{4}"
   ))
   plain <- as.data.frame(history)
@@ -107,12 +108,17 @@ test_that("workflow arguments are checked in R, Python errors come back plain", 
   expect_error(fed_model(keras_model_fn(), metrics = list(1)), "`metrics` must be Keras metric", class = "fedr_error")
   expect_error(fed_model(keras_model_fn(), sample_batch = "batch"), "`sample_batch` must be", class = "fedr_error")
   expect_error(fed_model(function() 42), "`model_fn` must return a Keras model", class = "fedr_error")
-  expect_error(fed_optimizer("rmsprop", 0.1), "`name` must be one of \"sgd\", \"adam\"", class = "fedr_error")
+  # The core's rules, with the argument named, reach R as fedr_error.
+  err <- tryCatch(fed_optimizer("rmsprop", 0.1), error = identity)
+  expect_s3_class(err, "fedr_error")
+  expect_identical(conditionMessage(err), "`name`: expected one of ['adam', 'sgd'], got 'rmsprop'")
+  expect_identical(err$arg, "name")
   expect_error(fed_optimizer("sgd"), "`learning_rate` is missing", class = "fedr_error")
-  expect_error(fed_optimizer("sgd", -1), "`learning_rate` must be a single finite number > 0", class = "fedr_error")
-  expect_error(fed_optimizer("sgd", 0.1, beta_1 = 0.9), "`beta_1` is not an option of \"sgd\"", class = "fedr_error")
+  expect_error(fed_optimizer("sgd", -1), "`learning_rate`: expected a positive number, got -1", class = "fedr_error")
+  expect_error(fed_optimizer("sgd", 0.1, beta_1 = 0.9), "`beta_1`: unknown option of 'sgd'; options are momentum, nesterov, weight_decay, clipnorm", class = "fedr_error")
   expect_error(fed_optimizer("sgd", 0.1, 0.9), "Options in `...` must be named", class = "fedr_error")
-  expect_error(fed_optimizer("sgd", 0.1, momentum = NA), "`momentum`", class = "fedr_error")
+  expect_error(fed_optimizer("sgd", 0.1, momentum = NA), "`momentum`: expected a number in \\[0, 1\\), got", class = "fedr_error")
+  expect_error(fed_optimizer("sgd", 0.1, momentum = 1.5), "`momentum`: expected a number in \\[0, 1\\), got 1.5", class = "fedr_error")
   model <- fed_model(keras_model_fn())
   expect_error(fed_averaging("model", fed_optimizer("sgd", 0.02)), "`model` must be a fed_model", class = "fedr_error")
   expect_error(fed_averaging(model), "`client_optimizer` is missing", class = "fedr_error")
