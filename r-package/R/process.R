@@ -283,10 +283,11 @@ check_data <- function(data) {
 #' @section Failures:
 #' Clients whose update is not finite (NaN or Inf) are left out of their
 #' round: they are counted in `num_clients_dropped` and named in a warning of
-#' class `fedr_warning`. When a round fails (e.g. every client diverged),
-#' finished rounds are not lost: the `fedr_error` says so and carries them in
-#' `e$history`, a `fed_history` whose `attr(, "state")` is the last good
-#' state (save it with [fed_save_state()], or go on with `fed_fit(state = )`).
+#' class `fedr_warning`. When a round fails (e.g. every client diverged)
+#' or is interrupted, finished rounds are not lost: the `fedr_error` says so
+#' and carries them in `e$history`, a `fed_history` whose `attr(, "state")`
+#' is the last good state (save it with [fed_save_state()], or go on with
+#' `fed_fit(state = )`).
 #' @family workflow
 #' @export
 #' @examplesIf fedr_available()
@@ -319,6 +320,9 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE) {
     result <- tryCatch(fed_next(process, state, data), error = function(e) {
       if (show_bar) cli::cli_progress_done(id = bar)
       abort_with_history(e, rows[seq_len(i - 1L)], state)
+    }, interrupt = function(e) {
+      if (show_bar) cli::cli_progress_done(id = bar)
+      abort_with_history(simpleError("interrupted."), rows[seq_len(i - 1L)], state)
     })
     seconds <- proc.time()[["elapsed"]] - started
     state <- result$state
