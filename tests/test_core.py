@@ -148,14 +148,41 @@ def test_seeded_dropout_model_repeats_bit_for_bit_with_any_executor():
     assert not np.array_equal(other.initialize().model.trainable[0], runs[0][0].model.trainable[0])
 
 
-def test_dropout_masks_depend_on_round_and_client_not_on_company():
+class _Recorder(aggregators.Mean):
+    """The mean, recording every client's update by id."""
+
+    def __init__(self):
+        super().__init__()
+        self.deltas = {}
+
+    def aggregate(self, state, outputs, *, seed=None):
+        for out in outputs:
+            self.deltas.setdefault(out.client_id, []).append(out.delta.copy())
+        return super().aggregate(state, outputs, seed=seed)
+
+
+def test_a_clients_randomness_depends_on_round_and_id_not_on_company():
     clients = _image_clients()
-    process = learning.build_weighted_fed_avg(_cnn_fn, learning.optimizer_fn("sgd", 0.05), seed=2, workers=2)
+    recorder = _Recorder()
+    process = learning.build_weighted_fed_avg(
+        _cnn_fn, learning.optimizer_fn("sgd", 0.05), seed=2, workers=2, aggregator=recorder
+    )
     start = process.initialize()
-    # A client's update is the same whether it trains alone or with others.
-    alone, _ = process.next(start, [clients[1]])
-    together_first, _ = process.next(start, [clients[1], clients[1]])
-    np.testing.assert_array_equal(alone.flat_weights, together_first.flat_weights)
+    process.next(start, [clients[1]])
+    process.next(start, clients)
+    alone, together = recorder.deltas["c1"]
+    np.testing.assert_array_equal(alone, together)
+    # Another round gives other Dropout masks from the same weights.
+    process.next(learning.ServerState(start.model, start.optimizer_state, (), 5), [clients[1]])
+    assert not np.array_equal(recorder.deltas["c1"][2], alone)
+    # Two clients with the same id (ClientData's default) still draw different masks.
+    same_id = [ClientData(c.x, c.y, batch_size=8) for c in clients[:2]]
+    twins = [ClientData(clients[0].x, clients[0].y, batch_size=8) for _ in range(2)]
+    assert {c.client_id for c in same_id + twins} == {"client_0"}
+    recorder.deltas.clear()
+    process.next(start, twins)
+    first, second = recorder.deltas["client_0"]
+    assert not np.array_equal(first, second)
 
 
 def test_unseeded_processes_differ_with_dropout():
@@ -210,6 +237,9 @@ def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     path = tmp_path / "state.fedr"
     learning.save_state(state, path)
     before = path.read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
@@ -273,24 +303,65 @@ def _dense_fn(features=4 * 9, classes=CLASSES, units=None):
 
 
 def test_state_of_another_model_is_refused_naming_the_variable(tmp_path):
-    # 36*3+3 = 111 weights either way, in other layers.
-    a = learning.build_weighted_fed_avg(_dense_fn(), learning.optimizer_fn("sgd", 0.1), workers=1)
-    b = learning.build_weighted_fed_avg(_dense_fn(features=36, units=None), learning.optimizer_fn("sgd", 0.1), workers=1)
-    c = learning.build_weighted_fed_avg(_dense_fn(features=1, units=35), learning.optimizer_fn("sgd", 0.1), workers=1)
-    assert a.initialize().flat_weights.size == b.initialize().flat_weights.size
+    sgd = learning.optimizer_fn("sgd", 0.1)
+    a = learning.build_weighted_fed_avg(_dense_fn(), sgd, workers=1)  # 36 x 3 + 3 = 111 weights
+    # 2 x 37 + 37 = 111 weights too, in two variables of other shapes.
+    b = learning.build_weighted_fed_avg(_dense_fn(features=2, classes=37), sgd, workers=1)
+    assert a.initialize().flat_weights.size == b.initialize().flat_weights.size == 111
     clients = [ClientData(np.ones((4, 36), np.float32), np.zeros(4, int), client_id="x")]
-    b.next(a.initialize(), clients)  # the same architecture fits
-    state = c.initialize()
+    message = (
+        r"state: trainable variable 0 is 'sequential/dense/kernel' float32\[2, 37\] "
+        r"but the model expects 'sequential/dense/kernel' float32\[36, 3\]; is it from another model\?"
+    )
+    with pytest.raises(ValueError, match=message):
+        a.next(b.initialize(), clients)
+    with pytest.raises(ValueError, match=message):
+        a.evaluate(b.initialize(), clients)
+    c = learning.build_weighted_fed_avg(_dense_fn(features=1, units=35), sgd, workers=1)
     with pytest.raises(ValueError, match=r"state: the model has 2 trainable variables .* the state has 4 .*another model"):
-        a.next(state, clients)
-    d = learning.build_weighted_fed_avg(_dense_fn(features=35), learning.optimizer_fn("sgd", 0.1), workers=1)
-    path = tmp_path / "d.fedr"
-    learning.save_state(d.initialize(), path)
-    with pytest.raises(ValueError, match=r"'.*d.fedr': state: trainable variable 0 is 'sequential/dense/kernel' float32\[35, 3\]"):
+        a.next(c.initialize(), clients)
+    path = tmp_path / "b.fedr"
+    learning.save_state(b.initialize(), path)
+    with pytest.raises(ValueError, match=r"'.*b.fedr': " + message):
         learning.load_state(path, a)
-    assert learning.load_state(path, d).round_num == 0
-    with pytest.raises(ValueError, match=r"trainable variable 0 is 'sequential/dense/kernel' float32\[35, 3\] but the model expects 'sequential/dense/kernel' float32\[36, 3\]"):
-        a.evaluate(d.initialize(), clients)
+    assert learning.load_state(path, b).round_num == 0
+    with pytest.raises(TypeError, match=r"process: expected a process from build_weighted_fed_avg, got str"):
+        learning.load_state(path, "a")
+    with pytest.raises(TypeError, match=r"path: expected a file path, got int"):
+        learning.save_state(b.initialize(), 123)
+
+
+def test_optimizer_and_aggregator_state_are_checked():
+    process = learning.build_weighted_fed_avg(
+        _dense_fn(), learning.optimizer_fn("sgd", 0.1), learning.optimizer_fn("sgd", 1.0, momentum=0.9), workers=1
+    )
+    state = process.initialize()
+    clients = [ClientData(np.ones((4, 36), np.float32), np.zeros(4, int))]
+    (it_name, it), (m_name, m) = state.optimizer_state
+    broken = learning.ServerState(state.model, ((it_name, it), (m_name, np.full_like(m, np.nan))))
+    with pytest.raises(ValueError, match=r"optimizer variable 'server_weights_0_momentum' has non-finite values"):
+        process.next(broken, clients)
+    with pytest.raises(ValueError, match=r"optimizer state has \['iteration'\] but the server optimizer \(SGD\) has \['iteration', 'server_weights_0_momentum'\]"):
+        process.next(learning.ServerState(state.model, ((it_name, it),)), clients)
+    foreign = learning.ServerState(state.model, state.optimizer_state, (("clip", np.float32(1.0)),))
+    with pytest.raises(ValueError, match=r"aggregator state has \['clip'\] but the aggregator mean\(weighted=True\) has \[\]"):
+        process.next(foreign, clients)
+
+
+def test_variable_names_are_unique_and_the_same_in_every_replica():
+    def two_dense():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5), keras.layers.Dropout(0.1),
+                                  keras.layers.Dense(3, activation="softmax"), keras.layers.Dropout(0.1)])
+        return learning.from_keras_model(model, "sparse_categorical_crossentropy")
+
+    first = learning.build_weighted_fed_avg(two_dense, learning.optimizer_fn("sgd", 0.1), workers=1)
+    second = learning.build_weighted_fed_avg(two_dense, learning.optimizer_fn("sgd", 0.1), workers=1)
+    names = first.initialize().model.trainable_names + first.initialize().model.non_trainable_names
+    assert names == (
+        "sequential/dense/kernel", "sequential/dense/bias", "sequential/dense_1/kernel", "sequential/dense_1/bias",
+        "seed_generator/seed_generator_state", "seed_generator_1/seed_generator_state",
+    )
+    assert second.initialize().model.trainable_names + second.initialize().model.non_trainable_names == names
 
 
 def test_non_finite_state_is_refused_naming_the_variable():
@@ -344,6 +415,16 @@ def test_client_data_is_read_only_and_copied_when_the_caller_can_write():
     client = ClientData(x, y)
     x[0, 0] = 5.0
     assert client.x[0, 0] == 0.0
+    # A read-only view of a writable array is copied too; a read-only array is kept.
+    base = np.zeros((4, 3), np.float32)
+    view = base.view()
+    view.flags.writeable = False
+    from_view = ClientData(view, y)
+    base[0, 0] = 7.0
+    assert from_view.x[0, 0] == 0.0
+    frozen = np.ones((4, 3), np.float32)
+    frozen.flags.writeable = False
+    assert ClientData(frozen, y).x is frozen
     with pytest.raises(ValueError, match="read-only"):
         client.x[0, 0] = 1.0
     with pytest.raises(ValueError, match="read-only"):
@@ -410,7 +491,9 @@ def test_custom_aggregator_sees_all_outputs_and_keeps_state(tmp_path):
     state, metrics = median.next(state, clients)
     assert metrics["median_rounds"] == 2.0 and dict(state.aggregator_state)["rounds"] == 2
     # The median of three deltas is one of them coordinate by coordinate.
-    deltas = [plain.next(start, [c])[0].flat_weights - start.flat_weights for c in clients]
+    plain_start = plain.initialize()
+    np.testing.assert_array_equal(plain_start.flat_weights, start.flat_weights)  # the same seed
+    deltas = [plain.next(plain_start, [c])[0].flat_weights - start.flat_weights for c in clients]
     one, _ = median.next(start, clients)
     np.testing.assert_allclose(one.flat_weights - start.flat_weights, np.median(deltas, axis=0), atol=1e-7)
     path = tmp_path / "median.fedr"
@@ -435,7 +518,86 @@ def test_default_executor_uses_every_core():
     process = learning.build_weighted_fed_avg(_dense_fn(), learning.optimizer_fn("sgd", 0.1))
     assert process.executor.workers == executors.default_workers() == len(os.sched_getaffinity(0))
     assert repr(process.executor) == f"threads(workers={len(os.sched_getaffinity(0))})"
-    assert "fedr.executors" in fedr.executors.__name__
+
+
+def test_replicas_are_built_when_needed_and_must_be_distinct():
+    built = []
+
+    def counting_fn():
+        built.append(1)
+        return _dense_fn()()
+
+    process = learning.build_weighted_fed_avg(counting_fn, learning.optimizer_fn("sgd", 0.1), workers=4)
+    assert len(built) == 1
+    rng = np.random.default_rng(0)
+    clients = [ClientData(rng.random((4, 36), np.float32), rng.integers(0, 3, 4), client_id=f"r{i}") for i in range(2)]
+    process.next(process.initialize(), clients)
+    assert len(built) == 2  # two clients need two replicas, not four
+    shared = _dense_fn()()
+    same = learning.build_weighted_fed_avg(lambda: shared, learning.optimizer_fn("sgd", 0.1), workers=2)
+    with pytest.raises(ValueError, match=r"model_fn: returned the same Keras model twice; it must build a new model at every call"):
+        same.next(same.initialize(), clients)
+    opt = keras.optimizers.SGD(0.1)
+    one_opt = learning.build_weighted_fed_avg(_dense_fn(), lambda: opt, workers=2)
+    with pytest.raises(ValueError, match=r"client_optimizer_fn: returned the same optimizer twice"):
+        one_opt.next(one_opt.initialize(), clients)
+
+
+def test_errors_inside_a_client_name_the_round_and_client():
+    def exploding_fn():
+        model = keras.Sequential([keras.Input((36,)), keras.layers.Dense(3, activation="softmax")])
+
+        def loss(y_true, y_pred):
+            raise RuntimeError("my loss is broken")
+
+        return learning.from_keras_model(model, loss)
+
+    process = learning.build_weighted_fed_avg(exploding_fn, learning.optimizer_fn("sgd", 0.1), workers=1)
+    clients = [ClientData(np.ones((4, 36), np.float32), np.zeros(4, int), client_id="x")]
+    with pytest.raises(RuntimeError, match="my loss is broken"):
+        process.next(process.initialize(), clients)
+
+    class Wrong(aggregators.Mean):
+        def aggregate(self, state, outputs, *, seed=None):
+            return aggregators.AggregateResult(state, np.zeros(3, np.float32), {})
+
+    wrong = learning.build_weighted_fed_avg(_dense_fn(), learning.optimizer_fn("sgd", 0.1), workers=1, aggregator=Wrong())
+    with pytest.raises(ValueError, match=r"aggregator mean\(weighted=True\): returned an update of float32 \(3,\), expected float32 \(111,\)"):
+        wrong.next(wrong.initialize(), clients)
+
+
+def test_lambda_losses_binary_targets_and_empty_rounds():
+    def lambda_fn():
+        model = keras.Sequential([keras.Input((36,)), keras.layers.Dense(3, activation="softmax")])
+        return learning.from_keras_model(model, lambda y, p: keras.losses.sparse_categorical_crossentropy(y, p))
+
+    process = learning.build_weighted_fed_avg(lambda_fn, learning.optimizer_fn("sgd", 0.1), workers=1, seed=3)
+    named = learning.build_weighted_fed_avg(_dense_fn(), learning.optimizer_fn("sgd", 0.1), workers=1, seed=3)
+    clients = [ClientData(np.ones((4, 36), np.float32), np.zeros(4, int), client_id="x")]
+    state, metrics = process.next(process.initialize(), clients)
+    named_state, named_metrics = named.next(named.initialize(), clients)
+    assert metrics["loss"] == pytest.approx(named_metrics["loss"], rel=1e-6)
+    np.testing.assert_allclose(state.flat_weights, named_state.flat_weights, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"federated_data: expected at least one client, got an empty list"):
+        process.next(process.initialize(), [])
+    with pytest.raises(ValueError, match=r"data: expected at least one client, got an empty list"):
+        process.evaluate(process.initialize(), [])
+
+    def binary_fn():
+        model = keras.Sequential([keras.Input((36,)), keras.layers.Dense(1, activation="sigmoid")])
+        return learning.from_keras_model(model, "bce")
+
+    binary = learning.build_weighted_fed_avg(binary_fn, learning.optimizer_fn("sgd", 0.1), workers=1)
+    with pytest.raises(ValueError, match=r"client 'b': y has values in \[0, 2\] but the loss 'binary_crossentropy' takes targets in \[0, 1\]"):
+        binary.next(binary.initialize(), [ClientData(np.ones((3, 36), np.float32), [0, 1, 2], client_id="b")])
+
+
+def test_sampling_differs_by_round_and_repeats_by_seed():
+    population = list(range(100))
+    one = learning.sample_clients(population, 0.1, seed=1, round_num=1)
+    assert one == learning.sample_clients(population, 0.1, seed=1, round_num=1)
+    assert one != learning.sample_clients(population, 0.1, seed=1, round_num=2)
+    assert len(one) == 10 and one == sorted(one)
 
 
 def test_seeds_checkpoints_example_runs():

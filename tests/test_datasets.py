@@ -680,7 +680,7 @@ def test_split_indices_rejects_bad_arguments(args, kwargs, message):
 
 
 def test_client_data_batches_250_examples_by_100():
-    x = np.arange(250 * 4, dtype=np.float32).reshape(250, 4)
+    x = np.arange(250 * 4, dtype=np.float32).reshape(250, 4).copy()  # owns its data
     y = np.arange(250) % 10
 
     client = ClientData(x, y, batch_size=100)

@@ -239,10 +239,21 @@ def _read_only(array: np.ndarray, given: np.ndarray) -> np.ndarray:
     A client's arrays never change after construction, so the tensors cached
     from them cannot go stale; to change data, make a new ClientData.
     """
-    if array.flags.writeable and np.may_share_memory(array, given) and given.flags.writeable:
+    if np.may_share_memory(array, given) and _writable_by_caller(given):
         array = array.copy()
     array.flags.writeable = False
     return array
+
+
+def _writable_by_caller(array: np.ndarray) -> bool:
+    """Whether some array or buffer behind ``array`` can still be written (a read-only view may have a writable base)."""
+    base: Any = array
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return True
+        base = base.base
+    # The end of the chain: None (owned, read-only) or an immutable bytes object are safe.
+    return base is not None and not isinstance(base, bytes)
 
 
 def _validate_client(

@@ -7,17 +7,17 @@ on which other clients took part or on the order they ran.
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from typing import Any
 
 import numpy as np
 
 from fedr.errors import FedValueError
 
-__all__ = ["INIT", "CLIENT", "AGGREGATE", "check_seed", "client_key", "derive"]
+__all__ = ["INIT", "CLIENT", "AGGREGATE", "SAMPLE", "check_seed", "client_key", "derive"]
 
 # Purposes, so that streams for different jobs never coincide.
-INIT, CLIENT, AGGREGATE = 0, 1, 2
+INIT, CLIENT, AGGREGATE, SAMPLE = 0, 1, 2, 3
 
 
 def check_seed(seed: Any, name: str = "seed") -> int | None:
@@ -30,8 +30,8 @@ def check_seed(seed: Any, name: str = "seed") -> int | None:
 
 
 def client_key(client_id: str) -> int:
-    """A stable 32-bit key of a client's id (CRC-32 of its UTF-8 bytes)."""
-    return zlib.crc32(client_id.encode("utf-8"))
+    """A stable 256-bit key of a client's id (SHA-256 of its UTF-8 bytes), free of collisions in practice."""
+    return int.from_bytes(hashlib.sha256(client_id.encode("utf-8")).digest(), "big")
 
 
 def derive(seed: int, *keys: int) -> np.random.SeedSequence:

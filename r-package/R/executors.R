@@ -5,8 +5,10 @@
 #' `fed_executor_threads()` trains clients in parallel, one thread and one
 #' copy of the model per worker (by default one per core, each TensorFlow op
 #' on one thread); `fed_executor_serial()` trains them one after another on
-#' R's own thread, which models whose loss or metrics are R functions need.
-#' Results do not depend on the executor.
+#' R's own thread. Results do not depend on the executor. Models with R code
+#' (a loss, metric or layer written in R) work with both: that code runs when
+#' the training graph is traced, which always happens on R's thread before
+#' any worker starts.
 #'
 #' @param workers Number of threads; `NULL` is one per core.
 #' @returns A `fed_executor`, for `fed_averaging(executor = )`.
@@ -63,21 +65,17 @@ print.fed_component <- function(x, ...) {
 #' @export
 r_to_py.fed_component <- function(x, convert = FALSE) x$py
 
-# The executor of a process: a model with R code in its loss or metrics runs
-# on R's thread (R must not be entered from another thread).
-as_executor <- function(executor, model) {
+# The executor of a process; the default uses every core. Models with R code
+# (an R loss, metric or Lambda layer) may use threads too: the core runs all
+# model code while tracing, on the calling thread (R's), before the workers
+# start, and the workers only execute the compiled graphs.
+as_executor <- function(executor) {
   if (is.null(executor)) {
-    return(if (isTRUE(model$r_code)) fed_executor_serial() else fed_executor_threads())
+    return(fed_executor_threads())
   }
   if (!inherits(executor, "fed_executor")) {
     fedr_abort(sprintf(
       "`executor` must be fed_executor_threads() or fed_executor_serial(), not %s.", describe(executor)
-    ), "executor")
-  }
-  if (isTRUE(model$r_code) && !identical(executor$kind, "serial")) {
-    fedr_abort(paste0(
-      "`executor`: the model's loss or metrics are R functions, and R can only run on its own ",
-      "thread; use fed_executor_serial() (the default for such models)."
     ), "executor")
   }
   executor

@@ -9,8 +9,9 @@
 #' `reticulate::import("keras")`.
 #'
 #' @param model_fn A function with no arguments returning a new, uncompiled
-#'   Keras model. It is called when the model is checked here and again by
-#'   [fed_averaging()], so it must build a fresh model each time.
+#'   Keras model. It is called when the model is checked here, by
+#'   [fed_averaging()], and once more for each worker a round uses (each
+#'   trains its own copy), so it must build a fresh model each time.
 #' @param loss A Keras loss: a name such as
 #'   `"sparse_categorical_crossentropy"`, a loss object, a function with no
 #'   arguments returning one, or a loss written in R,
@@ -42,7 +43,6 @@ fed_model <- function(model_fn, loss = "sparse_categorical_crossentropy",
   if (!is_r_function(metrics)) check_keras_spec(metrics, "metrics", single = FALSE)
   dummy_batch <- as_dummy_batch(sample_batch)
   learning <- fedr_module("fedr.learning")
-  seen <- new.env(parent = emptyenv())
   build <- function() {
     keras_model <- model_fn()
     if (!inherits(keras_model, "python.builtin.object")) {
@@ -51,10 +51,6 @@ fed_model <- function(model_fn, loss = "sparse_categorical_crossentropy",
     loss_value <- if (is_loss_function(loss)) loss else if (is_r_function(loss)) loss() else if (is.character(loss)) keras_loss(loss) else loss
     metric_values <- if (is_r_function(metrics)) metrics() else metrics
     if (is.character(metric_values)) metric_values <- as.list(metric_values)
-    # R functions among them run when TensorFlow traces the training graph:
-    # the process must then train on R's own thread.
-    seen$r_code <- is_r_function(loss_value) ||
-      (is.list(metric_values) && any(vapply(metric_values, is_r_function, logical(1))))
     learning$from_keras_model(keras_model,
       loss = loss_value, metrics = metric_values, dummy_batch = dummy_batch
     )
@@ -65,8 +61,7 @@ fed_model <- function(model_fn, loss = "sparse_categorical_crossentropy",
     list(
       py_fn = reticulate::py_func(build),
       description = reticulate::py_str(example),
-      metric_names = as.character(reticulate::py_to_r(example$metric_names)),
-      r_code = isTRUE(seen$r_code)
+      metric_names = as.character(reticulate::py_to_r(example$metric_names))
     ),
     class = "fed_model"
   )

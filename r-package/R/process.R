@@ -22,9 +22,8 @@
 #'   executor.
 #' @param executor Who runs the clients: [fed_executor_threads()] (the
 #'   default: one thread and model copy per core) or [fed_executor_serial()].
-#'   A model whose loss or metrics are R functions runs serially, on R's own
-#'   thread (R cannot be called from other threads); asking for threads then
-#'   is an error.
+#'   A model with R code (a loss, metric or layer written in R) is safe with
+#'   both: its R code runs only while the graphs are traced, on R's thread.
 #' @param aggregator How client updates are combined: `NULL` (the default) is
 #'   [fed_aggregator_mean()], the example-weighted mean.
 #' @returns A `fed_process` object, used by [fed_initialize()], [fed_next()],
@@ -56,7 +55,7 @@ fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, loca
   server <- if (is.null(server_optimizer)) NULL else as_py_optimizer(server_optimizer, "server_optimizer")
   local_epochs <- as_integer(local_epochs, "local_epochs")
   seed <- as_seed(seed)
-  executor <- as_executor(executor, model)
+  executor <- as_executor(executor)
   aggregator <- as_aggregator(aggregator)
   learning <- fedr_module("fedr.learning")
   py <- fedr_call(learning$build_weighted_fed_avg(
@@ -341,9 +340,12 @@ abort_with_history <- function(e, rows, state) {
   history <- new_fed_history(rows, state)
   n <- length(rows)
   kept <- if (n) {
-    sprintf("Rounds %s finished and are kept: the error's `history` holds them and their state (e$history, attr(e$history, \"state\")).", if (n == 1L) "1" else paste0("1-", n))
+    first <- history$round[[1]]
+    last <- history$round[[n]]
+    done <- if (n == 1L) sprintf("Round %d finished and is", first) else sprintf("Rounds %d-%d finished and are", first, last)
+    sprintf("%s kept: the error's `history` holds %s and the state (e$history, attr(e$history, \"state\")).", done, if (n == 1L) "it" else "them")
   } else {
-    "No round finished."
+    "No round of this call finished; the state passed in is unchanged."
   }
   cnd <- structure(
     class = c("fedr_error", "error", "condition"),

@@ -25,7 +25,7 @@ import tensorflow as tf
 from fedr.datasets import ClientData
 from fedr.errors import FedValueError
 from fedr.learning.model import Model
-from fedr.learning.state import ModelWeights, canonical_name
+from fedr.learning.state import ModelWeights
 
 __all__ = ["ClientOutput", "ClientUpdate", "client_tensors"]
 
@@ -106,8 +106,21 @@ _SAME_SHAPE_LOSSES = {
 }
 
 
-def _target_rule(loss: Any) -> str | None:
+_ALIASES = {
+    "mse": "mean_squared_error", "mae": "mean_absolute_error", "mape": "mean_absolute_percentage_error",
+    "msle": "mean_squared_logarithmic_error", "bce": "binary_crossentropy", "kld": "kl_divergence",
+    "logcosh": "log_cosh",
+}
+_ZERO_ONE_LOSSES = {"binary_crossentropy", "binary_focal_crossentropy"}
+
+
+def _loss_name(loss: Any) -> str:
     name = str(getattr(loss, "name", "") or getattr(loss, "__name__", "")).lower()
+    return _ALIASES.get(name, name)
+
+
+def _target_rule(loss: Any) -> str | None:
+    name = _loss_name(loss)
     if name.startswith("sparse_categorical"):
         return _SPARSE
     if name in _ONE_HOT_LOSSES:
@@ -149,6 +162,7 @@ class ClientUpdate:
         self._rule = _target_rule(model.loss)
         self._train = _compiled(self._train_graph)
         self._eval = _compiled(self._eval_graph)
+        self._traced: set[tuple[Any, ...]] = set()
 
     # ------------------------------------------------------------------ checks
 
@@ -168,7 +182,7 @@ class ClientUpdate:
             raise FedValueError(
                 f"{where}: x has feature shape {shape} but the model expects {tuple(self.model.feature_shape)}"
             )
-        y, out, loss = client.y, self.output_shape, getattr(self.model.loss, "name", "the loss")
+        y, out, loss = client.y, self.output_shape, _loss_name(self.model.loss) or "the loss"
         if self._rule is None or not out:
             return
         classes = int(out[-1])
@@ -198,6 +212,34 @@ class ClientUpdate:
                     f"{where}: y has shape {y.shape} but the model's output is {(len(y), *out)} "
                     f"and the loss '{loss}' compares them element by element"
                 )
+            if _loss_name(self.model.loss) in _ZERO_ONE_LOSSES and y.size and (y.min() < 0 or y.max() > 1):
+                raise FedValueError(
+                    f"{where}: y has values in [{y.min()}, {y.max()}] but the loss '{loss}' takes "
+                    "targets in [0, 1]"
+                )
+
+    def prepare(self, client: ClientData, *, train: bool = True) -> None:
+        """Trace the graph that ``client``'s data needs, on the calling thread, if not yet traced.
+
+        The graphs are traced for any number of examples, so one trace serves
+        every client whose arrays have the same feature shape and dtypes.
+        Tracing runs the Python of the model, its loss and metrics; doing it
+        here, before the executor hands clients to worker threads, means no
+        user code (which from R is R code) ever runs on a worker thread: the
+        workers only execute compiled graphs.
+        """
+        key = (train, client.x.shape[1:], client.x.dtype.str, client.y.shape[1:], client.y.dtype.str)
+        if key in self._traced:
+            return
+        specs = (
+            tf.TensorSpec([self.num_weights], tf.float32),
+            [tf.TensorSpec(v.shape, v.dtype) for v in self.non_trainable],
+            tf.TensorSpec([None, *client.x.shape[1:]], client.x.dtype),
+            tf.TensorSpec([None, *client.y.shape[1:]], client.y.dtype),
+            tf.TensorSpec([None], tf.int64),
+        )
+        (self._train if train else self._eval).get_concrete_function(*specs)
+        self._traced.add(key)
 
     # ------------------------------------------------------------------ graphs
 
@@ -312,10 +354,3 @@ class ClientUpdate:
         """Evaluate ``weights`` on ``client``: metrics, loss sum and example count."""
         metrics, loss_sum, count = self._eval(flat, list(weights.non_trainable), *client_tensors(client))
         return metrics.numpy(), float(loss_sum), int(count)
-
-    def names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """Canonical names of the trainable and non-trainable variables."""
-        return (
-            tuple(canonical_name(v.path) for v in self.trainable),
-            tuple(canonical_name(v.path) for v in self.non_trainable),
-        )

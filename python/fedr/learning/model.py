@@ -8,6 +8,8 @@ training optimises and reports.  The federated process calls the user's
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,7 +104,8 @@ def _function_loss(keras: Any, fn: Callable[..., Any], name: str) -> Any:
         def call(self, y_true: Any, y_pred: Any) -> Any:
             return fn(y_true, y_pred)
 
-    return FunctionLoss(name=name)
+    # A lambda's "<lambda>" is no valid TensorFlow name scope.
+    return FunctionLoss(name=re.sub(r"[^A-Za-z0-9_.]", "", name) or "loss")
 
 
 def from_keras_model(
@@ -151,7 +154,7 @@ def from_keras_model(
         metrics = [metrics]
     metric_objs = tuple(_as_metric(m) for m in metrics)
     names = [m.name for m in metric_objs]
-    if len(set(names)) != len(names) or {"loss", "num_examples", "num_clients"} & set(names):
+    if len(set(names)) != len(names) or {"loss", "num_examples", "num_clients", "num_clients_dropped"} & set(names):
         raise FedValueError(f"metrics: names must be unique and not reserved, got {names}")
 
     shape = _feature_shape(input_spec, dummy_batch)

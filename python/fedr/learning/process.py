@@ -29,7 +29,7 @@ import numpy as np
 from fedr import _seeds
 from fedr.aggregators import Aggregator, WeightedMeanAccumulator, check_aggregator
 from fedr.datasets import ClientData, as_client_data
-from fedr.errors import FedTypeError, FedValueError, FedWarning
+from fedr.errors import FedError, FedTypeError, FedValueError, FedWarning
 from fedr.executors import Executor, threads
 from fedr.executors._local import check_executor
 from fedr.learning.client_update import ClientOutput, ClientUpdate
@@ -102,13 +102,42 @@ def _combine(names: list[str], per_client: Sequence[tuple[np.ndarray, float, int
 
 
 class _Replicas:
-    """Model replicas, one per worker, lent to one client at a time."""
+    """Model replicas, at most one per worker, lent to one client at a time.
 
-    def __init__(self, replicas: list[ClientUpdate]) -> None:
-        self.first = replicas[0]
+    Replicas are built when a round first needs them (up to the executor's
+    workers and the round's clients), always on the calling thread, and their
+    graphs are traced there too (:meth:`prepare`): user code (from R, R code)
+    never runs on a worker thread.
+    """
+
+    def __init__(self, build: Callable[[], ClientUpdate], limit: int) -> None:
+        self._build = build
+        self._limit = limit
+        self.first = build()
+        self._all = [self.first]
         self._free: queue.SimpleQueue[ClientUpdate] = queue.SimpleQueue()
-        for replica in replicas:
+        self._free.put(self.first)
+
+    def prepare(self, clients: Sequence[ClientData], *, train: bool) -> None:
+        """Build the replicas ``clients`` can use at once and trace their graphs for them."""
+        while len(self._all) < min(self._limit, len(clients)):
+            replica = self._build()
+            first = self.first
+            if replica.model.keras_model is first.model.keras_model:
+                raise FedValueError(
+                    "model_fn: returned the same Keras model twice; it must build a new model "
+                    "at every call (each worker trains its own copy)"
+                )
+            if replica.optimizer is not None and replica.optimizer is first.optimizer:
+                raise FedValueError(
+                    "client_optimizer_fn: returned the same optimizer twice; it must build a new "
+                    "optimizer at every call, e.g. optimizer_fn('sgd', 0.02)"
+                )
+            self._all.append(replica)
             self._free.put(replica)
+        for replica in self._all:
+            for client in clients:
+                replica.prepare(client, train=train)
 
     def run(self, fn: Callable[[ClientUpdate], Any]) -> Any:
         replica = self._free.get()
@@ -118,11 +147,38 @@ class _Replicas:
             self._free.put(replica)
 
 
+def _clients(data: Any, argument: str) -> list[ClientData]:
+    if isinstance(data, list | tuple) and not data:
+        raise FedValueError(f"{argument}: expected at least one client, got an empty list")
+    clients = as_client_data(data)
+    return clients
+
+
+def _client_seeds(base: int, round_num: int, clients: Sequence[ClientData]) -> list[np.random.SeedSequence]:
+    """Each client's seed from (seed, round, client id); a repeated id also counts its repeats."""
+    seen: dict[str, int] = {}
+    seeds = []
+    for client in clients:
+        repeat = seen.get(client.client_id, 0)
+        seen[client.client_id] = repeat + 1
+        seeds.append(_seeds.derive(base, _seeds.CLIENT, round_num, _seeds.client_key(client.client_id), repeat))
+    return seeds
+
+
 def _as_weights(state: Any, initial: ModelWeights) -> ModelWeights:
     """The model weights of a ServerState, ModelWeights, or a list of weight arrays."""
     if isinstance(state, ServerState):
         return state.model
     if isinstance(state, ModelWeights):
+        unnamed = state.trainable_names == tuple(f"trainable_{i}" for i in range(len(state.trainable)))
+        if unnamed and len(state.trainable) == len(initial.trainable):
+            # Built without names: read in the model's variable order.
+            return ModelWeights(
+                state.trainable,
+                state.non_trainable or initial.non_trainable,
+                initial.trainable_names,
+                initial.non_trainable_names,
+            )
         return state
     if not isinstance(state, list | tuple):
         raise FedTypeError(
@@ -173,9 +229,10 @@ class FederatedEvaluation:
         """
         weights = _as_weights(state, self._initial)
         check_weights(self._initial, weights)
-        clients = as_client_data(data)
+        clients = _clients(data, "data")
         for client in clients:
             self._replicas.first.check(client)
+        self._replicas.prepare(clients, train=False)
         flat = weights.flat_trainable()
 
         def evaluate(client: ClientData) -> tuple[np.ndarray, float, int]:
@@ -216,23 +273,23 @@ class FedAvgProcess:
             # The initial weights are the first replica's, built right after this.
             init = _seeds.derive(self.seed, _seeds.INIT).generate_state(1)[0]
             keras.utils.set_random_seed(int(init))
-        # One replica per worker, all built here on the calling thread (from R,
-        # model_fn is an R function: R may only run on its own thread).
-        replicas = [
-            ClientUpdate(
+        def build() -> ClientUpdate:
+            return ClientUpdate(
                 _build_model(model_fn),
                 _build_optimizer(client_optimizer_fn, "client_optimizer_fn"),
                 local_epochs=int(local_epochs),
             )
-            for _ in range(self.executor.workers)
-        ]
-        self._replicas = _Replicas(replicas)
-        self._first = replicas[0]
+
+        # The first replica now, for the initial weights; the others when a
+        # round needs them (see _Replicas).
+        self._replicas = _Replicas(build, self.executor.workers)
+        self._first = self._replicas.first
         self._initial = self._first.weights()
         self.server = ServerOptimizer(server_optimizer_fn, self._first.num_weights)
         self.local_epochs = int(local_epochs)
         self._evaluation = FederatedEvaluation(self._replicas, self.executor, self._initial)
         self._metric_names = self._first.model.metric_names
+        self._agg_names = tuple(name for name, _ in self.aggregator.init())
         if self._first.averaged and not self.aggregator.averages_non_trainable:
             names = [self._initial.non_trainable_names[i] for i in self._first.averaged]
             warnings.warn(
@@ -265,6 +322,12 @@ class FedAvgProcess:
             raise FedTypeError(f"state: expected a ServerState, got {type(state).__name__}")
         check_weights(self._initial, state.model)
         self.server.check(state.optimizer_state)
+        names = tuple(name for name, _ in state.aggregator_state)
+        if names != self._agg_names:
+            raise FedValueError(
+                f"state: aggregator state has {list(names)} but the aggregator {self.aggregator!r} "
+                f"has {list(self._agg_names)}; is it from a process with another aggregator?"
+            )
         return state
 
     def next(self, state: ServerState, federated_data: Any) -> LearningProcessOutput:
@@ -293,21 +356,30 @@ class FedAvgProcess:
                 is never changed.
         """
         self.check_state(state)
-        clients = as_client_data(federated_data)
+        clients = _clients(federated_data, "federated_data")
         for client in clients:
             self._first.check(client)
+        self._replicas.prepare(clients, train=True)
         round_num = state.round_num + 1
         weights, flat = state.model, state.flat_weights
         aggregator, agg_state = self.aggregator, state.aggregator_state
 
-        def update(client: ClientData) -> ClientOutput:
-            seed = _seeds.derive(self._base_seed, _seeds.CLIENT, round_num, _seeds.client_key(client.client_id))
-            out = self._replicas.run(lambda r: r.train(weights, flat, client, seed))
-            if out.finite:
-                out = out._replace(delta=aggregator.client_step(agg_state, out.delta))
+        def update(job: tuple[ClientData, np.random.SeedSequence]) -> ClientOutput:
+            client, seed = job
+            try:
+                out = self._replicas.run(lambda r: r.train(weights, flat, client, seed))
+                if out.finite:
+                    out = out._replace(delta=aggregator.client_step(agg_state, out.delta))
+            except FedError:
+                raise
+            except Exception as err:
+                raise FedError(
+                    f"round {round_num}, client '{client.client_id}': {type(err).__name__}: {err}"
+                ) from err
             return out
 
-        outputs = self.executor.map(update, clients)
+        seeds = _client_seeds(self._base_seed, round_num, clients)
+        outputs = self.executor.map(update, list(zip(clients, seeds, strict=True)))
         kept = [out for out in outputs if out.finite]
         dropped = [out.client_id for out in outputs if not out.finite]
         if not kept:
@@ -326,7 +398,17 @@ class FedAvgProcess:
         result = aggregator.aggregate(
             agg_state, kept, seed=_seeds.derive(self._base_seed, _seeds.AGGREGATE, round_num)
         )
-        opt_state, new_flat = self.server.apply(state.optimizer_state, flat, result.update)
+        update = result.update
+        if not (isinstance(update, np.ndarray) and update.dtype == np.float32 and update.shape == flat.shape):
+            raise FedValueError(
+                f"aggregator {aggregator!r}: returned an update of "
+                f"{getattr(update, 'dtype', type(update).__name__)} {getattr(update, 'shape', '')}, "
+                f"expected float32 {flat.shape}"
+            )
+        clash = set(result.metrics) & {"loss", "num_examples", "num_clients", "num_clients_dropped", *self._metric_names}
+        if clash:
+            raise FedValueError(f"aggregator {aggregator!r}: its metrics {sorted(clash)} clash with the round's")
+        opt_state, new_flat = self.server.apply(state.optimizer_state, flat, update)
         non_trainable = self._aggregate_non_trainable(weights, kept)
         model = ModelWeights(
             weights.with_trainable(new_flat), non_trainable, weights.trainable_names, weights.non_trainable_names
@@ -438,17 +520,23 @@ def build_fed_eval(model_fn: Callable[[], Model], *, executor: Executor | None =
         A callable :class:`FederatedEvaluation`.
     """
     executor = check_executor(executor)
-    replicas = [ClientUpdate(_build_model(model_fn)) for _ in range(executor.workers)]
-    return FederatedEvaluation(_Replicas(replicas), executor, replicas[0].weights())
+    replicas = _Replicas(lambda: ClientUpdate(_build_model(model_fn)), executor.workers)
+    return FederatedEvaluation(replicas, executor, replicas.first.weights())
 
 
-def sample_clients(clients: Sequence[Any], fraction: float, *, seed: int | None = None) -> list[Any]:
+def sample_clients(
+    clients: Sequence[Any], fraction: float, *, seed: int | None = None, round_num: int | None = None
+) -> list[Any]:
     """Pick a seeded random fraction of the clients (at least one), kept in order.
 
     Args:
         clients: The population of clients.
         fraction: Share of clients to select, in (0, 1].
         seed: Seed of the generator; ``None`` draws fresh randomness.
+        round_num: With a seed, the round the sample is for: each round then
+            draws its own sample from (seed, round), e.g.
+            ``sample_clients(population, 0.1, seed=1, round_num=state.round_num + 1)``.
+            ``None`` uses the seed alone (the same sample every call).
 
     Returns:
         The selected clients, in their original order.
@@ -465,5 +553,11 @@ def sample_clients(clients: Sequence[Any], fraction: float, *, seed: int | None 
     if not 0 < float(fraction) <= 1:
         raise FedValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
     k = max(1, int(round(float(fraction) * n)))
-    chosen = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+    if round_num is not None:
+        round_num = _seeds.check_seed(round_num, "round_num")
+    if seed is not None and round_num is not None:
+        rng = np.random.default_rng(_seeds.derive(seed, _seeds.SAMPLE, round_num))
+    else:
+        rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(n, size=k, replace=False))
     return [clients[i] for i in chosen]

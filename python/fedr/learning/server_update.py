@@ -80,9 +80,15 @@ class ServerOptimizer:
                 f"({type(self.optimizer).__name__}) has {list(self.names)}"
             )
         for (name, value), var in zip(state, self._vars, strict=True):
-            if tuple(value.shape) != tuple(var.shape):
+            if tuple(value.shape) != tuple(var.shape) or value.dtype != np.dtype(var.dtype):
                 raise FedValueError(
-                    f"{what}: optimizer variable '{name}' has shape {value.shape}, expected {tuple(var.shape)}"
+                    f"{what}: optimizer variable '{name}' is {value.dtype}{list(value.shape)}, "
+                    f"expected {np.dtype(var.dtype)}{list(var.shape)}"
+                )
+            if value.dtype.kind == "f" and value.size and not np.isfinite(value).all():
+                raise FedValueError(
+                    f"{what}: optimizer variable '{name}' has non-finite values (NaN or Inf); "
+                    "start from an earlier state"
                 )
 
     def _apply_graph(self, weights: Any, update: Any, opt_state: Any) -> Any:

@@ -32,7 +32,7 @@ __all__ = [
     "ModelWeights",
     "ServerState",
     "StateFileError",
-    "canonical_name",
+    "canonical_names",
     "load_state",
     "save_state",
 ]
@@ -49,13 +49,32 @@ class StateFileError(FedError, ValueError):
     """A checkpoint file is missing, corrupt, truncated, foreign or of another version."""
 
 
-def canonical_name(path: str) -> str:
-    """Return a Keras variable path without the counters Keras appends to auto-named objects.
+def canonical_names(paths: Sequence[str]) -> tuple[str, ...]:
+    """Return a model's variable paths renumbered from zero, as in a fresh process.
 
-    ``sequential_3/dense_1/kernel`` becomes ``sequential/dense/kernel``, so the
-    same architecture has the same names in every replica and every process.
+    Keras numbers auto-named objects with a counter over the whole process
+    (``dense``, ``dense_1``, ... and the next model's ``dense_2``), so the same
+    architecture gets other names in every replica. Here each path part's
+    counter is replaced by the part's rank among the parts of the same stem,
+    in order of appearance: the second model's ``sequential_1/dense_2/kernel``
+    and ``sequential_1/dense_3/kernel`` become ``sequential/dense/kernel`` and
+    ``sequential/dense_1/kernel``, the names a model built first has. Names
+    stay unique within the model.
     """
-    return "/".join(re.sub(r"_\d+$", "", part) for part in path.split("/"))
+    renamed: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    out = []
+    for path in paths:
+        parts = []
+        for part in path.split("/"):
+            if part not in renamed:
+                stem = re.sub(r"_\d+$", "", part)
+                rank = seen.get(stem, 0)
+                seen[stem] = rank + 1
+                renamed[part] = stem if rank == 0 else f"{stem}_{rank}"
+            parts.append(renamed[part])
+        out.append("/".join(parts))
+    return tuple(out)
 
 
 def _frozen(array: Any) -> np.ndarray:
@@ -83,7 +102,7 @@ class ModelWeights:
         trainable: The trainable variables' values.
         non_trainable: The non-trainable variables' values (e.g. BatchNorm
             moving mean and variance, Dropout's random-generator state).
-        trainable_names: Canonical variable names (see :func:`canonical_name`).
+        trainable_names: Canonical variable names (see :func:`canonical_names`).
         non_trainable_names: Likewise for ``non_trainable``.
     """
 
@@ -109,11 +128,12 @@ class ModelWeights:
     def from_model(cls, model: Any) -> ModelWeights:
         """Read the current values of a :class:`fedr.learning.Model`'s variables."""
         train, non_train = model.trainable_variables, model.non_trainable_variables
+        names = canonical_names([v.path for v in train] + [v.path for v in non_train])
         return cls(
             tuple(np.asarray(v.numpy()) for v in train),
             tuple(np.asarray(v.numpy()) for v in non_train),
-            tuple(canonical_name(v.path) for v in train),
-            tuple(canonical_name(v.path) for v in non_train),
+            names[: len(train)],
+            names[len(train) :],
         )
 
     def flat_trainable(self) -> np.ndarray:
@@ -254,7 +274,7 @@ def save_state(state: ServerState, path: str | os.PathLike[str]) -> str:
     """
     if not isinstance(state, ServerState):
         raise FedTypeError(f"state: expected a ServerState, got {type(state).__name__}")
-    path = os.fspath(path)
+    path = _check_path(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"path: directory {directory!r} does not exist")
@@ -274,13 +294,29 @@ def save_state(state: ServerState, path: str | os.PathLike[str]) -> str:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
+            # mkstemp makes the file private (0600); give it the mode a new file gets.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    # The rename itself reaches the disk with the directory.
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return path
+
+
+def _check_path(path: Any) -> str:
+    if not isinstance(path, str | bytes | os.PathLike):
+        raise FedTypeError(f"path: expected a file path, got {type(path).__name__}")
+    return os.fsdecode(path)
 
 
 def load_state(path: str | os.PathLike[str], process: Any = None) -> ServerState:
@@ -303,6 +339,11 @@ def load_state(path: str | os.PathLike[str], process: Any = None) -> ServerState
         FedValueError: ``process`` is given and the state does not fit its
             model; the message names the file and the variable.
     """
+    path = _check_path(path)
+    if process is not None and not callable(getattr(process, "check_state", None)):
+        raise FedTypeError(
+            f"process: expected a process from build_weighted_fed_avg, got {type(process).__name__}"
+        )
     state = _read_state(path)
     if process is not None:
         try:

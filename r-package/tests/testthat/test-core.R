@@ -85,6 +85,24 @@ test_that("save, load and resume give the weights of training straight through",
   expect_identical(resumed$round, 3:4)
   expect_identical(fed_weights(resumed), fed_weights(straight))
   expect_identical(fed_weights(resumed, "non_trainable"), fed_weights(straight, "non_trainable"))
+  # In a new R session, as after a restart.
+  out <- withr::local_tempfile(fileext = ".fedr")
+  script <- withr::local_tempfile(fileext = ".R")
+  writeLines(c(
+    "library(fedr)",
+    paste("image_clients <-", paste(deparse(image_clients), collapse = "\n")),
+    paste("cnn_model <-", paste(deparse(cnn_model), collapse = "\n")),
+    'process <- fed_averaging(cnn_model(), fed_optimizer("adam", 0.01), fed_optimizer("sgd", 1, momentum = 0.9), seed = 21)',
+    sprintf('state <- fed_load_state("%s", process)', path),
+    "history <- fed_fit(process, image_clients(), rounds = 2, state = state, verbose = FALSE)",
+    sprintf('fed_save_state(history, "%s")', out)
+  ), script)
+  log <- suppressWarnings(system2(file.path(R.home("bin"), "Rscript"), script, stdout = TRUE, stderr = TRUE))
+  expect_null(attr(log, "status"), info = paste(utils::tail(log, 20), collapse = "\n"))
+  restarted <- fed_load_state(out)
+  expect_identical(restarted$round, 4L)
+  expect_identical(fed_weights(restarted), fed_weights(straight))
+  expect_identical(fed_weights(restarted, "non_trainable"), fed_weights(straight, "non_trainable"))
   broken <- withr::local_tempfile(fileext = ".fedr")
   writeBin(readBin(path, "raw", 200), broken)
   expect_error(fed_load_state(broken), "is not a readable fedr checkpoint: truncated or corrupt", class = "fedr_error")
@@ -146,38 +164,45 @@ test_that("diverging clients are dropped with a warning, and a failed round keep
   expect_s3_class(err, "fedr_error")
   expect_match(conditionMessage(err), "^Round 2 failed: ValueError: round 2: every client's update was non-finite")
   expect_match(conditionMessage(err), "lower the client learning rate")
-  expect_match(conditionMessage(err), "Rounds 1 finished and are kept: the error's `history` holds them")
+  expect_match(conditionMessage(err), "Round 1 finished and is kept: the error's `history` holds it and the state")
   expect_s3_class(err$history, "fed_history")
   expect_identical(err$history$round, 1L)
   expect_identical(attr(err$history, "state")$round, 1L)
   expect_lt(fed_weights(err$history)[[1]][[1]], -1e30)
+  # Resuming from round 1, the message counts the rounds as they are numbered.
+  calm2 <- fed_clients(list(list(x = matrix(runif(24), 4), y = rep(1, 4))), batch_size = 4)
+  good <- fed_fit(process, calm2, rounds = 2, verbose = FALSE)
+  both_bad <- tryCatch(fed_fit(process, wild, rounds = 3, state = good, verbose = FALSE), error = identity)
+  expect_match(conditionMessage(both_bad), "^Round 4 failed: .*\nRound 3 finished and is kept")
   # The history's state is a good state: it saves.
   path <- withr::local_tempfile(fileext = ".fedr")
   fed_save_state(err$history, path)
   expect_identical(fed_load_state(path)$round, 1L)
   first <- tryCatch(fed_fit(fed_averaging(regression_model(), fed_optimizer("sgd", 3e38)), calm, rounds = 2, verbose = FALSE), error = identity)
-  expect_match(conditionMessage(first), "No round finished")
+  expect_match(conditionMessage(first), "No round of this call finished; the state passed in is unchanged")
   expect_identical(nrow(first$history), 0L)
 })
 
-test_that("a loss written in R trains on R's thread, and threads are refused for it", {
+test_that("R code in the model (a loss, a Lambda layer) trains with threads, without crashing R", {
   skip_if_no_fedr()
   keras <- reticulate::import("keras")
   clients <- small_clients()
   r_loss <- function(y_true, y_pred) keras$losses$sparse_categorical_crossentropy(y_true, y_pred)
-  model <- fed_model(keras_model_fn(), loss = r_loss)
-  expect_true(model$r_code)
-  process <- fed_averaging(model, fed_optimizer("sgd", 0.02))
-  expect_identical(process$executor$kind, "serial")
-  in_r <- fed_fit(process, clients, rounds = 2, verbose = FALSE)
+  model_fn <- function() {
+    keras$Sequential(list(
+      keras$Input(shape = list(784L)),
+      keras$layers$Lambda(function(x) x * 1),
+      keras$layers$Dense(units = 10L, activation = "softmax", kernel_initializer = "zeros")
+    ))
+  }
+  in_r <- fed_model(model_fn, loss = r_loss)
+  threads <- fed_fit(fed_averaging(in_r, fed_optimizer("sgd", 0.02), executor = fed_executor_threads(2)), clients, rounds = 2, verbose = FALSE)
+  serial <- fed_fit(fed_averaging(in_r, fed_optimizer("sgd", 0.02), executor = fed_executor_serial()), clients, rounds = 2, verbose = FALSE)
+  expect_identical(fed_weights(threads), fed_weights(serial))
+  # The same numbers as the reference model without R code.
   reference <- fed_fit(fed_averaging(fed_model(keras_model_fn()), fed_optimizer("sgd", 0.02)), clients, rounds = 2, verbose = FALSE)
-  expect_equal(in_r$loss, reference$loss, tolerance = 1e-6)
-  expect_equal(fed_weights(in_r), fed_weights(reference), tolerance = 1e-6)
-  expect_error(
-    fed_averaging(model, fed_optimizer("sgd", 0.02), executor = fed_executor_threads(2)),
-    "`executor`: the model's loss or metrics are R functions, and R can only run on its own thread",
-    class = "fedr_error"
-  )
+  expect_equal(threads$loss, reference$loss, tolerance = 1e-6)
+  expect_equal(unname(fed_weights(threads)), unname(fed_weights(reference)), tolerance = 1e-6)
 })
 
 test_that("seed, executor and aggregator arguments are checked", {
