@@ -554,7 +554,7 @@ def test_errors_inside_a_client_name_the_round_and_client():
 
     process = learning.build_weighted_fed_avg(exploding_fn, learning.optimizer_fn("sgd", 0.1), workers=1)
     clients = [ClientData(np.ones((4, 36), np.float32), np.zeros(4, int), client_id="x")]
-    with pytest.raises(RuntimeError, match="my loss is broken"):
+    with pytest.raises(fedr.FedError, match=r"client 'x': building the training graph failed \(the model, its loss or metrics raised\): RuntimeError: my loss is broken"):
         process.next(process.initialize(), clients)
 
     class Wrong(aggregators.Mean):

@@ -137,7 +137,16 @@ class _Replicas:
             self._free.put(replica)
         for replica in self._all:
             for client in clients:
-                replica.prepare(client, train=train)
+                try:
+                    replica.prepare(client, train=train)
+                except FedError:
+                    raise
+                except Exception as err:
+                    what = "training" if train else "evaluation"
+                    raise FedError(
+                        f"client '{client.client_id}': building the {what} graph failed "
+                        f"(the model, its loss or metrics raised): {_cause(err)}"
+                    ) from err
 
     def run(self, fn: Callable[[ClientUpdate], Any]) -> Any:
         replica = self._free.get()
@@ -145,6 +154,15 @@ class _Replicas:
             return fn(replica)
         finally:
             self._free.put(replica)
+
+
+def _cause(err: BaseException) -> str:
+    """``Type: message`` of an exception, without the traced-code listing TensorFlow puts first."""
+    text = str(err).strip()
+    if "in user code:" in text:
+        text = [p for p in text.split("\n\n") if p.strip()][-1].strip()
+        return text if ": " in text.split("\n")[0] else f"{type(err).__name__}: {text}"
+    return f"{type(err).__name__}: {text}"
 
 
 def _clients(data: Any, argument: str) -> list[ClientData]:
@@ -373,9 +391,7 @@ class FedAvgProcess:
             except FedError:
                 raise
             except Exception as err:
-                raise FedError(
-                    f"round {round_num}, client '{client.client_id}': {type(err).__name__}: {err}"
-                ) from err
+                raise FedError(f"round {round_num}, client '{client.client_id}': {_cause(err)}") from err
             return out
 
         seeds = _client_seeds(self._base_seed, round_num, clients)
