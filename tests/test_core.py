@@ -155,10 +155,10 @@ class _Recorder(aggregators.Mean):
         super().__init__()
         self.deltas = {}
 
-    def aggregate(self, state, outputs, *, seed=None):
+    def aggregate(self, state, outputs, *, seed=None, context=None):
         for out in outputs:
             self.deltas.setdefault(out.client_id, []).append(out.delta.copy())
-        return super().aggregate(state, outputs, seed=seed)
+        return super().aggregate(state, outputs, seed=seed, context=context)
 
 
 def test_a_clients_randomness_depends_on_round_and_id_not_on_company():
@@ -472,7 +472,7 @@ class _Median(aggregators.Aggregator):
     def init(self):
         return (("rounds", np.zeros((), np.int64)),)
 
-    def aggregate(self, state, outputs, *, seed=None):
+    def aggregate(self, state, outputs, *, seed=None, context=None):
         rounds = dict(state)["rounds"] + 1
         update = np.median(np.stack([o.delta for o in outputs]), axis=0).astype(np.float32)
         return aggregators.AggregateResult((("rounds", rounds),), update, {"median_rounds": float(rounds)})
@@ -558,7 +558,7 @@ def test_errors_inside_a_client_name_the_round_and_client():
         process.next(process.initialize(), clients)
 
     class Wrong(aggregators.Mean):
-        def aggregate(self, state, outputs, *, seed=None):
+        def aggregate(self, state, outputs, *, seed=None, context=None):
             return aggregators.AggregateResult(state, np.zeros(3, np.float32), {})
 
     wrong = learning.build_weighted_fed_avg(_dense_fn(), learning.optimizer_fn("sgd", 0.1), workers=1, aggregator=Wrong())

@@ -12,9 +12,13 @@ from fedr.aggregators._mean import (
     Aggregator,
     ClientResult,
     Mean,
+    Sum,
     check_aggregator,
     mean,
+    sum_,
 )
+
+sum = sum_  # noqa: A001 - fedr.aggregators.sum(), as fedr.aggregators.mean()
 from fedr.aggregators._weighted_mean import (
     HAVE_KERNEL,
     Backend,
@@ -33,10 +37,12 @@ __all__ = [
     "Backend",
     "ClientResult",
     "Mean",
+    "Sum",
     "WeightedMeanAccumulator",
     "check_aggregator",
     "flatten_weights",
     "mean",
+    "sum",
     "unflatten_weights",
     "weighted_mean",
     "weighted_mean_numpy",

@@ -20,7 +20,7 @@ import numpy as np
 from fedr.aggregators._weighted_mean import WeightedMeanAccumulator
 from fedr.errors import FedTypeError, FedValueError
 
-__all__ = ["AggregateResult", "Aggregator", "ClientResult", "Mean", "mean"]
+__all__ = ["AggregateResult", "Aggregator", "ClientResult", "Mean", "Sum", "mean", "sum_"]
 
 NamedArrays = tuple[tuple[str, np.ndarray], ...]
 
@@ -42,13 +42,24 @@ class AggregateResult(NamedTuple):
 
 
 class Aggregator(abc.ABC):
-    """Base class of aggregators: ``init``, ``client_step`` and ``aggregate``.
+    """Base class of aggregators: ``init``, ``start_round``, ``client_step`` and ``aggregate``.
+
+    One round calls, in order: ``context = start_round(state, client_ids,
+    seed=...)`` on the calling thread before any client trains (it may refuse
+    the round by raising, e.g. a privacy budget); ``client_step(state, delta,
+    client_id=..., num_examples=..., context=context)`` in each client's task
+    after local training, whose result the process passes on as the output's
+    ``delta`` (an array, or anything the same aggregator understands, e.g. a
+    clipped update with its norm, or a masked vector); and
+    ``aggregate(state, outputs, seed=..., context=context)`` with the outputs
+    of the clients that finished with a finite update, in client order.
 
     Attributes:
         averages_non_trainable: Whether the process may average the clients'
             float non-trainable variables (BatchNorm statistics) by example
-            count. An aggregator that protects updates (differential privacy)
-            sets it False: those values would leak unprotected.
+            count. An aggregator that protects updates (differential privacy,
+            secure aggregation) sets it False: those values would leak
+            unprotected; they then keep their initial values on the server.
     """
 
     averages_non_trainable: bool = True
@@ -57,20 +68,41 @@ class Aggregator(abc.ABC):
         """Return the aggregator's initial state (none by default)."""
         return ()
 
-    def client_step(self, state: NamedArrays, delta: np.ndarray) -> np.ndarray:
+    def start_round(
+        self, state: NamedArrays, client_ids: Sequence[str], *, seed: np.random.SeedSequence | None = None
+    ) -> Any:
+        """Prepare a round for ``client_ids`` before they train; return the round's context (None by default)."""
+        return None
+
+    def client_step(
+        self,
+        state: NamedArrays,
+        delta: np.ndarray,
+        *,
+        client_id: str = "",
+        num_examples: int = 0,
+        context: Any = None,
+    ) -> Any:
         """Transform one client's flat update in the client's task (identity by default)."""
         return delta
 
     @abc.abstractmethod
     def aggregate(
-        self, state: NamedArrays, outputs: Sequence[ClientResult], *, seed: np.random.SeedSequence | None = None
+        self,
+        state: NamedArrays,
+        outputs: Sequence[ClientResult],
+        *,
+        seed: np.random.SeedSequence | None = None,
+        context: Any = None,
     ) -> AggregateResult:
         """Combine a round's client outputs (at least one) into one update.
 
         Args:
             state: The state from ``init`` or the previous round.
-            outputs: The round's client outputs, in client order, all finite.
+            outputs: The round's client outputs, in client order, all finite;
+                ``delta`` is what ``client_step`` returned.
             seed: The round's seed, for aggregators that draw random numbers.
+            context: What ``start_round`` returned.
         """
 
 
@@ -83,7 +115,12 @@ class Mean(Aggregator):
         self.weighted = weighted
 
     def aggregate(
-        self, state: NamedArrays, outputs: Sequence[ClientResult], *, seed: np.random.SeedSequence | None = None
+        self,
+        state: NamedArrays,
+        outputs: Sequence[ClientResult],
+        *,
+        seed: np.random.SeedSequence | None = None,
+        context: Any = None,
     ) -> AggregateResult:
         if not outputs:
             raise FedValueError("outputs: expected at least one client output, got none")
@@ -95,6 +132,43 @@ class Mean(Aggregator):
 
     def __repr__(self) -> str:
         return f"mean(weighted={self.weighted})"
+
+
+class Sum(Aggregator):
+    """The plain sum of client updates: the default inner sum of differential privacy."""
+
+    def aggregate(
+        self,
+        state: NamedArrays,
+        outputs: Sequence[ClientResult],
+        *,
+        seed: np.random.SeedSequence | None = None,
+        context: Any = None,
+    ) -> AggregateResult:
+        if not outputs:
+            raise FedValueError("outputs: expected at least one client output, got none")
+        accumulator = WeightedMeanAccumulator(int(outputs[0].delta.size))
+        for out in outputs:
+            accumulator.add(out.delta, 1.0)
+        # The kernel's mean (float64 sums) times the count is the sum.
+        total = accumulator.result().astype(np.float64) * len(outputs)
+        return AggregateResult(state, total.astype(np.float32), {})
+
+    def __repr__(self) -> str:
+        return "sum()"
+
+
+def sum_() -> Sum:
+    """The unweighted sum of the clients' updates (not a mean).
+
+    Used as the ``inner`` sum of :func:`fedr.privacy.gaussian_fixed` and
+    :func:`fedr.privacy.gaussian_adaptive`; :func:`fedr.privacy.secure_sum`
+    computes the same under secure aggregation.
+
+    Returns:
+        An :class:`Aggregator`.
+    """
+    return Sum()
 
 
 def mean(*, weighted: bool = True) -> Mean:

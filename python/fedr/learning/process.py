@@ -381,13 +381,21 @@ class FedAvgProcess:
         round_num = state.round_num + 1
         weights, flat = state.model, state.flat_weights
         aggregator, agg_state = self.aggregator, state.aggregator_state
+        # Before any client trains: the aggregator may refuse the round (a privacy budget).
+        context = aggregator.start_round(
+            agg_state, [c.client_id for c in clients],
+            seed=_seeds.derive(self._base_seed, _seeds.AGGREGATE, round_num, 0),
+        )
 
         def update(job: tuple[ClientData, np.random.SeedSequence]) -> ClientOutput:
             client, seed = job
             try:
                 out = self._replicas.run(lambda r: r.train(weights, flat, client, seed))
                 if out.finite:
-                    out = out._replace(delta=aggregator.client_step(agg_state, out.delta))
+                    out = out._replace(delta=aggregator.client_step(
+                        agg_state, out.delta, client_id=client.client_id,
+                        num_examples=out.num_examples, context=context,
+                    ))
             except FedError:
                 raise
             except Exception as err:
@@ -412,7 +420,7 @@ class FedAvgProcess:
                 stacklevel=2,
             )
         result = aggregator.aggregate(
-            agg_state, kept, seed=_seeds.derive(self._base_seed, _seeds.AGGREGATE, round_num)
+            agg_state, kept, seed=_seeds.derive(self._base_seed, _seeds.AGGREGATE, round_num), context=context
         )
         update = result.update
         if not (isinstance(update, np.ndarray) and update.dtype == np.float32 and update.shape == flat.shape):

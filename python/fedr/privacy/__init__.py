@@ -1,0 +1,11 @@
+"""Privacy for federated learning: differential privacy with accounting, secure aggregation.
+
+Plain FedAvg is not private: the server sees every client's update, and an
+update can be inverted into the client's data (Zhu et al. 2019, "Deep Leakage
+from Gradients"; :mod:`fedr.attacks` shows it). The cures the reference
+article names are here: differential privacy (McMahan et al. 2018, "Learning
+Differentially Private Recurrent Language Models"; Andrew et al. 2021 for
+adaptive clipping), with the privacy budget from ``dp-accounting``, and secure
+aggregation (Bonawitz et al. 2017), with the cryptography from ``cryptography``.
+Each is an aggregator, passed as ``build_weighted_fed_avg(..., aggregator=)``.
+"""
