@@ -20,6 +20,7 @@ from fedr.learning.process import (
     build_federated_averaging_process,
     build_weighted_fed_avg,
     sample_clients,
+    sample_clients_poisson,
 )
 from fedr.learning.server_update import ServerOptimizer
 from fedr.learning.state import ModelWeights, ServerState, StateFileError, load_state, save_state
@@ -43,5 +44,6 @@ __all__ = [
     "load_state",
     "optimizer_fn",
     "sample_clients",
+    "sample_clients_poisson",
     "save_state",
 ]

@@ -46,6 +46,7 @@ __all__ = [
     "build_federated_averaging_process",
     "build_weighted_fed_avg",
     "sample_clients",
+    "sample_clients_poisson",
 ]
 
 
@@ -584,4 +585,42 @@ def sample_clients(
     else:
         rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(n, size=k, replace=False))
+    return [clients[i] for i in chosen]
+
+
+def sample_clients_poisson(
+    clients: Sequence[Any], rate: float, *, seed: int | None = None, round_num: int | None = None
+) -> list[Any]:
+    """Poisson sampling: each client takes part independently with probability ``rate``, kept in order.
+
+    The sampling that differential privacy's accounting assumes
+    (``PoissonSampledDpEvent(rate, ...)``, see :func:`fedr.privacy.epsilon`):
+    use ``rate = clients_per_round / population_size``. The sample's size
+    varies from round to round and may be empty (skip such a round: the
+    budget is spent all the same).
+
+    Args:
+        clients: The population of clients.
+        rate: Probability of each client taking part, in (0, 1].
+        seed: Seed; with ``round_num`` each round draws its own sample from (seed, round).
+        round_num: The round the sample is for.
+
+    Returns:
+        The selected clients, in their original order (possibly none).
+
+    Raises:
+        FedValueError: ``rate`` outside (0, 1], a bad seed or round, or no clients.
+    """
+    seed = _seeds.check_seed(seed)
+    if round_num is not None:
+        round_num = _seeds.check_seed(round_num, "round_num")
+    if len(clients) == 0:
+        raise FedValueError("clients: expected at least one client, got none")
+    if isinstance(rate, bool) or not isinstance(rate, int | float | np.integer | np.floating) or not 0 < float(rate) <= 1:
+        raise FedValueError(f"rate: expected a number in (0, 1], got {rate!r}")
+    if seed is not None and round_num is not None:
+        rng = np.random.default_rng(_seeds.derive(seed, _seeds.SAMPLE, round_num, 1))
+    else:
+        rng = np.random.default_rng(seed)
+    chosen = np.flatnonzero(rng.random(len(clients)) < float(rate))
     return [clients[i] for i in chosen]

@@ -9,3 +9,7 @@ adaptive clipping), with the privacy budget from ``dp-accounting``, and secure
 aggregation (Bonawitz et al. 2017), with the cryptography from ``cryptography``.
 Each is an aggregator, passed as ``build_weighted_fed_avg(..., aggregator=)``.
 """
+
+from fedr.privacy._dp import GaussianDP, epsilon, gaussian_adaptive, gaussian_fixed
+
+__all__ = ["GaussianDP", "epsilon", "gaussian_adaptive", "gaussian_fixed"]
