@@ -20,8 +20,9 @@ new_fed_history <- function(rows, state) {
 #'
 #' [fed_fit()] returns a `fed_history`: a data frame with one row per round.
 #' `print()` shows the rounds and the final metrics, `plot()` draws accuracy
-#' and loss per round (base graphics, two panels), `as.data.frame()` gives the
-#' plain data frame.
+#' and loss per round (base graphics, one panel each, and a third for the
+#' privacy budget `epsilon` when the process accounts one), `as.data.frame()`
+#' gives the plain data frame.
 #'
 #' @param x A `fed_history`.
 #' @param ... Unused by `format()` and `print()`; passed to [graphics::plot()]
@@ -91,7 +92,8 @@ plot.fed_history <- function(x, metrics = NULL, ...) {
   df <- as.data.frame(x)
   if (is.null(metrics)) {
     accuracy <- grep("accuracy", names(df), value = TRUE)
-    metrics <- c(utils::head(accuracy, 1L), intersect("loss", names(df)))
+    # The privacy budget spent, when the process accounts it.
+    metrics <- c(utils::head(accuracy, 1L), intersect(c("loss", "epsilon"), names(df)))
   }
   missing_cols <- setdiff(metrics, names(df))
   if (!length(metrics) || length(missing_cols)) {

@@ -275,6 +275,14 @@ check_data <- function(data) {
 #'   continue training.
 #' @param verbose Show a line per round (as messages) and, in a terminal
 #'   that redraws in place, a progress bar.
+#' @param clients_per_round `NULL` trains every client of `data` every round;
+#'   a number samples that many clients each round (see [fed_sample_clients()]),
+#'   seeded by `seed` and the round, so that runs repeat.
+#' @param sampling `"uniform"` (exactly `clients_per_round` clients) or
+#'   `"poisson"` (each client with probability `clients_per_round / length(data)`,
+#'   as differential privacy's accounting assumes; an empty sample skips the
+#'   round with a warning).
+#' @param seed The sampling seed; `NULL` takes the process's `seed`.
 #' @returns A `fed_history`: a data frame with one row per round (`round`,
 #'   each metric, `num_examples`, `num_clients`, `num_clients_dropped`,
 #'   `seconds`) and the final state in `attr(, "state")`; it has `print()`,
@@ -301,14 +309,24 @@ check_data <- function(data) {
 #' clients <- fed_split(fed_load_dataset(), n_clients = 300)[1:3]
 #' history <- fed_fit(process, clients, rounds = 2)
 #' history
-fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE) {
+fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients_per_round = NULL,
+                    sampling = c("uniform", "poisson"), seed = NULL) {
   check_process(process)
   check_data(data)
   if (missing(rounds)) fedr_abort("`rounds` is missing.", "rounds")
   rounds <- as_integer(rounds, "rounds")
   verbose <- check_flag(verbose, "verbose")
+  sampling <- check_string(sampling[[1]], "sampling", c("uniform", "poisson"))
+  if (!is.null(clients_per_round)) {
+    clients_per_round <- as_integer(clients_per_round, "clients_per_round")
+    if (clients_per_round > length(data)) {
+      fedr_abort(sprintf("`clients_per_round` (%d) must not exceed the number of clients (%d).", clients_per_round, length(data)), "clients_per_round")
+    }
+  }
+  seed <- as_seed(seed %||% process$seed)
   state <- if (is.null(state)) fed_initialize(process) else as_state(state)
-  rows <- vector("list", rounds)
+  all_data <- data
+  rows <- list()
   # The bar only where it redraws in place; logs get the per-round lines alone.
   show_bar <- verbose && cli::is_dynamic_tty()
   if (show_bar) {
@@ -316,16 +334,26 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE) {
   }
   for (i in seq_len(rounds)) {
     started <- proc.time()[["elapsed"]]
+    if (!is.null(clients_per_round)) {
+      data <- fed_sample_clients(all_data, clients_per_round, seed = seed, round = state$round + 1L, method = sampling)
+      if (is.null(data)) {
+        # A Poisson sample may be empty: nothing to train; the next round samples anew.
+        warning(structure(class = c("fedr_warning", "warning", "condition"), list(
+          message = sprintf("Round %d sampled no client (Poisson sampling); it was skipped.", state$round + 1L), call = NULL
+        )))
+        next
+      }
+    }
     result <- tryCatch(fed_next(process, state, data), error = function(e) {
       if (show_bar) cli::cli_progress_done(id = bar)
-      abort_with_history(e, rows[seq_len(i - 1L)], state)
+      abort_with_history(e, rows, state)
     }, interrupt = function(e) {
       if (show_bar) cli::cli_progress_done(id = bar)
-      abort_with_history(simpleError("interrupted."), rows[seq_len(i - 1L)], state)
+      abort_with_history(simpleError("interrupted."), rows, state)
     })
     seconds <- proc.time()[["elapsed"]] - started
     state <- result$state
-    rows[[i]] <- c(round = state$round, result$metrics, seconds = seconds)
+    rows[[length(rows) + 1L]] <- c(round = state$round, result$metrics, seconds = seconds)
     if (verbose) {
       cli::cli_verbatim(format_round(state$round, result$metrics, seconds))
     }
@@ -359,7 +387,7 @@ abort_with_history <- function(e, rows, state) {
 
 # "round  2  accuracy 0.6949  loss 0.8893  (0.05 s)"
 format_round <- function(round, metrics, seconds, width = 3L) {
-  shown <- metrics[!names(metrics) %in% count_columns]
+  shown <- metrics[!names(metrics) %in% c(count_columns, "dp_noise_stddev")]
   parts <- sprintf("%s %.4f", short_metric_names(names(shown)), shown)
   dropped <- metrics[["num_clients_dropped"]] %||% 0
   note <- if (dropped > 0) sprintf("  [%d client%s dropped]", as.integer(dropped), if (dropped == 1) "" else "s") else ""

@@ -25,6 +25,7 @@ rounds of ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` with
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,8 +107,17 @@ def epsilon(
         return 0.0
     accountant = dp_accounting.rdp.RdpAccountant()
     event = dp_accounting.PoissonSampledDpEvent(n / population, dp_accounting.GaussianDpEvent(z))
-    accountant.compose(event, steps)
-    return float(accountant.get_epsilon(delta))
+    # For large sampling rates some fractional RDP orders do not converge; the
+    # accountant leaves them out (which can only raise epsilon) and logs a
+    # warning per order through absl: keep those out of the user's console.
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        accountant.compose(event, steps)
+        return float(accountant.get_epsilon(delta))
+    finally:
+        absl.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- the aggregator

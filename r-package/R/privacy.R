@@ -1,0 +1,157 @@
+# Differential privacy: aggregators, the budget, client sampling.
+
+#' Differentially private federated averaging
+#'
+#' Aggregators for `fed_averaging(aggregator = )` that make FedAvg
+#' differentially private at the client level (DP-FedAvg, McMahan et al.
+#' 2018): each client's whole update is clipped to an L2 norm, the server sums
+#' the clipped updates, adds Gaussian noise of standard deviation
+#' `noise_multiplier * clip` per coordinate and divides by
+#' `clients_per_round`. `fed_aggregator_dp_adaptive()` adapts the clip to a
+#' quantile of the update norms (Andrew et al. 2021): it grows when most
+#' updates are clipped and shrinks when few are.
+#'
+#' With `population_size` and `target_delta`, every round reports `epsilon`
+#' (from Google's dp-accounting RDP accountant) next to `clip` in the
+#' training history; with `max_epsilon`, a round that would spend more is
+#' refused before any client trains. Non-trainable variables (BatchNorm
+#' statistics) are not aggregated under differential privacy: they would
+#' leak unprotected, so they keep their initial values (a warning says so).
+#'
+#' @param noise_multiplier z >= 0, the noise standard deviation over the clip.
+#' @param clients_per_round The (expected) number of clients per round.
+#' @param clip The L2 norm bound of each client's update.
+#' @param initial_clip The clip of the first round (adaptive).
+#' @param target_quantile The share of updates the clip should fit (adaptive).
+#' @param clip_learning_rate How fast the clip adapts.
+#' @param clipped_count_stddev Noise on the count of unclipped updates;
+#'   `NULL` is `clients_per_round / 20`. `noise_multiplier` must be below
+#'   twice it.
+#' @param population_size The number of clients in the population.
+#' @param target_delta The delta of (epsilon, delta)-differential privacy.
+#' @param max_epsilon Refuse rounds beyond this budget.
+#' @param inner The sum under the noise: `NULL` (a plain sum) or
+#'   [fed_aggregator_secure_sum()].
+#' @returns A `fed_aggregator`.
+#' @family privacy
+#' @export
+#' @examplesIf fedr_available()
+#' fed_aggregator_dp_fixed(1.0, clients_per_round = 10, clip = 0.5,
+#'                         population_size = 100, target_delta = 1e-5)
+#' fed_aggregator_dp_adaptive(0.5, clients_per_round = 10, clipped_count_stddev = 1)
+fed_aggregator_dp_fixed <- function(noise_multiplier, clients_per_round, clip, population_size = NULL,
+                                    target_delta = NULL, max_epsilon = NULL, inner = NULL) {
+  privacy <- fedr_module("fedr.privacy")
+  args <- list(noise_multiplier, as_count(clients_per_round, "clients_per_round"), clip,
+    population_size = as_count(population_size, "population_size"),
+    target_delta = target_delta, max_epsilon = max_epsilon, inner = as_inner(inner)
+  )
+  py <- fedr_call(
+    do.call(privacy$gaussian_fixed, args),
+    arg = c("noise_multiplier", "clients_per_round", "clip", "population_size", "target_delta", "max_epsilon", "inner")
+  )
+  new_fed_component(py, "fed_aggregator", "dp_fixed")
+}
+
+#' @rdname fed_aggregator_dp_fixed
+#' @export
+fed_aggregator_dp_adaptive <- function(noise_multiplier, clients_per_round, initial_clip = 0.1,
+                                       target_quantile = 0.5, clip_learning_rate = 0.2,
+                                       clipped_count_stddev = NULL, population_size = NULL,
+                                       target_delta = NULL, max_epsilon = NULL, inner = NULL) {
+  privacy <- fedr_module("fedr.privacy")
+  args <- list(noise_multiplier, as_count(clients_per_round, "clients_per_round"),
+    initial_clip = initial_clip, target_quantile = target_quantile,
+    clip_learning_rate = clip_learning_rate, clipped_count_stddev = clipped_count_stddev,
+    population_size = as_count(population_size, "population_size"),
+    target_delta = target_delta, max_epsilon = max_epsilon, inner = as_inner(inner)
+  )
+  py <- fedr_call(
+    do.call(privacy$gaussian_adaptive, args),
+    arg = c("noise_multiplier", "clients_per_round", "initial_clip", "target_quantile", "clip_learning_rate",
+            "clipped_count_stddev", "population_size", "target_delta", "max_epsilon", "inner")
+  )
+  new_fed_component(py, "fed_aggregator", "dp_adaptive")
+}
+
+#' Plan a privacy budget
+#'
+#' The epsilon that `rounds` rounds of differentially private federated
+#' averaging spend, from Google's dp-accounting RDP accountant: each round
+#' samples clients with probability `clients_per_round / population_size`
+#' and releases their clipped sum with Gaussian noise.
+#'
+#' @inheritParams fed_aggregator_dp_fixed
+#' @param rounds Numbers of rounds (a vector gives one epsilon each).
+#' @returns A numeric vector of epsilons, one per element of `rounds`.
+#' @family privacy
+#' @export
+#' @examplesIf fedr_available()
+#' fed_epsilon(1.1, clients_per_round = 1, population_size = 100, rounds = 200, target_delta = 1e-5)
+#' fed_epsilon(1.0, 10, 100, rounds = c(10, 50, 100), target_delta = 1e-5)
+fed_epsilon <- function(noise_multiplier, clients_per_round, population_size, rounds, target_delta) {
+  privacy <- fedr_module("fedr.privacy")
+  if (!is.numeric(rounds) || !length(rounds) || anyNA(rounds)) {
+    fedr_abort(sprintf("`rounds` must be whole numbers >= 0, not %s.", describe(rounds)), "rounds")
+  }
+  vapply(rounds, function(r) {
+    reticulate::py_to_r(fedr_call(
+      privacy$epsilon(noise_multiplier, as_count(clients_per_round, "clients_per_round"),
+                      as_count(population_size, "population_size"), as_count(r, "rounds", 0L), target_delta),
+      arg = c("noise_multiplier", "clients_per_round", "population_size", "rounds", "target_delta")
+    ))
+  }, numeric(1))
+}
+
+#' Sample clients for a round
+#'
+#' Picks the clients of one round, seeded by (seed, round) so that runs
+#' repeat: `"uniform"` takes `clients_per_round` clients without
+#' replacement; `"poisson"` takes each client with probability
+#' `clients_per_round / length(data)`, the sampling that [fed_epsilon()]
+#' accounts (its size varies and may be zero).
+#'
+#' @param data A `fed_data` object.
+#' @param clients_per_round How many clients (the expected number for `"poisson"`).
+#' @param seed A whole number, or `NULL` for fresh randomness.
+#' @param round The round the sample is for.
+#' @param method `"uniform"` or `"poisson"`.
+#' @returns A `fed_data` with the sampled clients (possibly none for `"poisson"`:
+#'   then `NULL`).
+#' @family privacy
+#' @export
+#' @examplesIf fedr_available()
+#' clients <- fed_split(fed_load_dataset(), n_clients = 100)
+#' fed_sample_clients(clients, 10, seed = 1, round = 1)
+fed_sample_clients <- function(data, clients_per_round, seed = NULL, round = 1L,
+                               method = c("uniform", "poisson")) {
+  check_data(data)
+  method <- check_string(method[[1]], "method", c("uniform", "poisson"))
+  n <- length(data)
+  k <- as_count(clients_per_round, "clients_per_round")
+  if (k > n) fedr_abort(sprintf("`clients_per_round` (%d) must not exceed the number of clients (%d).", k, n), "clients_per_round")
+  learning <- fedr_module("fedr.learning")
+  index <- reticulate::r_to_py(as.list(seq_len(n) - 1L))
+  fn <- if (method == "uniform") learning$sample_clients else learning$sample_clients_poisson
+  picked <- fedr_call(fn(index, k / n, seed = as_seed(seed), round_num = as_count(round, "round", 0L)),
+    arg = c("seed", "round")
+  )
+  picked <- as.integer(unlist(reticulate::py_to_r(picked)))
+  if (!length(picked)) return(NULL)
+  data[picked + 1L]
+}
+
+# NULL or a whole number >= minimum, as an integer for Python.
+as_count <- function(x, arg, minimum = 1L) {
+  if (is.null(x)) NULL else as_integer(x, arg, min = minimum)
+}
+
+as_inner <- function(inner) {
+  if (is.null(inner)) {
+    return(NULL)
+  }
+  if (!inherits(inner, "fed_aggregator")) {
+    fedr_abort(sprintf("`inner` must be NULL or fed_aggregator_secure_sum(), not %s.", describe(inner)), "inner")
+  }
+  inner$py
+}

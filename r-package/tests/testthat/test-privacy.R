@@ -1,0 +1,75 @@
+# Differential privacy from R: aggregators, epsilon per round, the budget, sampling.
+
+test_that("fed_epsilon() is dp-accounting's epsilon", {
+  skip_if_no_fedr()
+  expect_equal(fed_epsilon(1.1, 1, 100, 200, 1e-5), 1.0577, tolerance = 1e-4)
+  eps <- fed_epsilon(1.0, 10, 100, rounds = c(0, 10, 50), target_delta = 1e-5)
+  expect_length(eps, 3L)
+  expect_identical(eps[[1]], 0)
+  expect_true(eps[[2]] < eps[[3]])
+  expect_error(fed_epsilon(1.0, 10, 5, 3, 1e-5), "`population_size`: expected at least clients_per_round \\(10\\) clients, got 5", class = "fedr_error")
+  expect_error(fed_epsilon(1.0, 10, 100, 3, 2), "`target_delta`: expected a finite number in \\(0, 1\\), got 2", class = "fedr_error")
+  expect_error(fed_epsilon(1.0, 10, 100, "3", 1e-5), "`rounds` must be whole numbers >= 0", class = "fedr_error")
+})
+
+test_that("DP-FedAvg reports epsilon and clip per round, repeats with a seed, and refuses rounds beyond the budget", {
+  skip_if_no_fedr()
+  population <- fed_split(fashion(), n_clients = 600)[1:20]
+  model <- fed_model(keras_model_fn())
+  dp <- function(max_epsilon = NULL) {
+    fed_aggregator_dp_fixed(1.0, clients_per_round = 5, clip = 0.5, population_size = 20,
+                            target_delta = 1e-3, max_epsilon = max_epsilon)
+  }
+  expect_output(print(dp()), "<fed_aggregator> gaussian_fixed\\(noise_multiplier=1, clients_per_round=5, clip=0.5, inner=sum\\(\\)\\)")
+  process <- fed_averaging(model, fed_optimizer("sgd", 0.05), aggregator = dp(), seed = 4)
+  history <- fed_fit(process, population, rounds = 3, clients_per_round = 5, verbose = FALSE)
+  expect_true(all(c("clip", "epsilon") %in% names(history)))
+  expect_identical(history$num_clients, rep(5L, 3))
+  expect_equal(history$epsilon, fed_epsilon(1.0, 5, 20, 1:3, 1e-3))
+  expect_identical(history$clip, rep(0.5, 3))
+  again <- fed_fit(fed_averaging(model, fed_optimizer("sgd", 0.05), aggregator = dp(), seed = 4),
+                   population, rounds = 3, clients_per_round = 5, verbose = FALSE)
+  expect_identical(fed_weights(again), fed_weights(history))
+  # The plot gets a panel for epsilon.
+  path <- withr::local_tempfile(fileext = ".png")
+  grDevices::png(path, width = 900, height = 300)
+  expect_identical(plot(history), history)
+  grDevices::dev.off()
+  expect_gt(file.size(path), 1000)
+  # A budget of two rounds: the third is refused, the two are kept.
+  budget <- fed_epsilon(1.0, 5, 20, 2, 1e-3) * 1.0001
+  capped <- fed_averaging(model, fed_optimizer("sgd", 0.05), aggregator = dp(budget), seed = 4)
+  err <- tryCatch(fed_fit(capped, population, rounds = 3, clients_per_round = 5, verbose = FALSE), error = identity)
+  expect_s3_class(err, "fedr_error")
+  expect_match(conditionMessage(err), "round 3: it would spend epsilon = .* over max_epsilon")
+  expect_identical(err$history$round, 1:2)
+})
+
+test_that("adaptive clipping moves the clip, and arguments are named", {
+  skip_if_no_fedr()
+  clients <- small_clients()
+  model <- fed_model(keras_model_fn())
+  # Updates of a zero-initialised model after a round are far above 1e-4: the clip grows.
+  agg <- fed_aggregator_dp_adaptive(0, clients_per_round = 3, initial_clip = 1e-4, clip_learning_rate = 0.5)
+  history <- fed_fit(fed_averaging(model, fed_optimizer("sgd", 0.02), aggregator = agg), clients, rounds = 2, verbose = FALSE)
+  expect_equal(history$clip, c(1e-4, 1e-4 * exp(-0.5 * (0 - 0.5))))
+  expect_identical(history$dp_unclipped_fraction, c(0, 0))
+  expect_error(fed_aggregator_dp_adaptive(1.0, 10), "`noise_multiplier`: 1 must be below 2 \\* clipped_count_stddev = 1", class = "fedr_error")
+  expect_error(fed_aggregator_dp_fixed(1.0, 10, clip = -1), "`clip`: expected a finite number > 0, got -1", class = "fedr_error")
+  expect_error(fed_aggregator_dp_fixed(1.0, 0, clip = 1), "`clients_per_round` must be a positive integer", class = "fedr_error")
+  expect_error(fed_aggregator_dp_fixed(1.0, 10, 1, inner = "secure"), "`inner` must be NULL or fed_aggregator_secure_sum\\(\\)", class = "fedr_error")
+})
+
+test_that("fed_sample_clients() is seeded per round", {
+  skip_if_no_fedr()
+  clients <- fed_split(fashion(), n_clients = 100)
+  a <- fed_sample_clients(clients, 10, seed = 1, round = 1)
+  expect_s3_class(a, "fed_data")
+  expect_length(a, 10L)
+  expect_identical(a$ids, fed_sample_clients(clients, 10, seed = 1, round = 1)$ids)
+  expect_false(identical(a$ids, fed_sample_clients(clients, 10, seed = 1, round = 2)$ids))
+  sizes <- vapply(1:40, function(r) length(fed_sample_clients(clients, 10, seed = 2, round = r, method = "poisson")), integer(1))
+  expect_gt(length(unique(sizes)), 3L)
+  expect_equal(mean(sizes), 10, tolerance = 0.2)
+  expect_error(fed_sample_clients(clients, 101), "`clients_per_round` \\(101\\) must not exceed the number of clients \\(100\\)", class = "fedr_error")
+})
