@@ -236,3 +236,11 @@ def test_poisson_sampling_is_seeded_per_round():
     assert len(set(sizes)) > 5
     with pytest.raises(ValueError, match=r"rate: expected a number in \(0, 1\], got 0"):
         learning.sample_clients_poisson(population, 0)
+
+
+def test_plain_sum_is_the_sum():
+    rng = np.random.default_rng(0)
+    deltas = [rng.normal(size=1000).astype(np.float32) for _ in range(5)]
+    result = _run(aggregators.sum(), deltas)
+    np.testing.assert_allclose(result.update, np.sum(np.stack(deltas).astype(np.float64), axis=0), rtol=1e-6, atol=1e-6)
+    assert repr(aggregators.sum()) == "sum()"

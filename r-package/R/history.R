@@ -59,6 +59,8 @@ format.fed_history <- function(x, ...) {
   if (!n) {
     return(header)
   }
+  # The noise level is fixed by the aggregator's settings: kept in the data, not printed.
+  df <- df[setdiff(names(df), "dp_noise_stddev")]
   shown <- df
   metric_cols <- setdiff(names(df), c("round", count_columns, "seconds"))
   shown[metric_cols] <- lapply(df[metric_cols], function(v) sprintf("%.4f", v))
