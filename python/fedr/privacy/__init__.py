@@ -11,5 +11,16 @@ Each is an aggregator, passed as ``build_weighted_fed_avg(..., aggregator=)``.
 """
 
 from fedr.privacy._dp import GaussianDP, epsilon, gaussian_adaptive, gaussian_fixed
+from fedr.privacy._secagg import MaskedInput, SecureMean, SecureSum, secure_mean, secure_sum
 
-__all__ = ["GaussianDP", "epsilon", "gaussian_adaptive", "gaussian_fixed"]
+__all__ = [
+    "GaussianDP",
+    "MaskedInput",
+    "SecureMean",
+    "SecureSum",
+    "epsilon",
+    "gaussian_adaptive",
+    "gaussian_fixed",
+    "secure_mean",
+    "secure_sum",
+]

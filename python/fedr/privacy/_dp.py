@@ -241,6 +241,12 @@ class GaussianDP(Aggregator):
                     f"any client trained and the state is unchanged ({round_num - 1} rounds spent "
                     f"epsilon = {self.epsilon_after(round_num - 1):.4f})"
                 )
+        from fedr.privacy._secagg import SecureSum
+
+        if isinstance(self.inner, SecureSum):
+            # Every coordinate of an update clipped to L2 norm C lies in [-C, C]:
+            # the secure sum's fixed-point range follows the (adaptive) clip.
+            return self.inner.start_round(inner_state, client_ids, seed=seed, clip_range=float(own["clip"]))
         return self.inner.start_round(inner_state, client_ids, seed=seed)
 
     def client_step(
