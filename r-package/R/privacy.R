@@ -155,3 +155,58 @@ as_inner <- function(inner) {
   }
   inner$py
 }
+
+#' Secure aggregation
+#'
+#' Aggregators that compute the clients' sum by secure aggregation (Bonawitz
+#' et al. 2017, honest-but-curious server): each client sends its update
+#' quantized to fixed point and masked with pairwise masks (from X25519 key
+#' agreement and a ChaCha20 stream) that cancel in the sum, plus a self mask
+#' that the surviving clients help remove (t-of-n Shamir shares, encrypted
+#' with AES-GCM). The server learns only the sum. Clients that drop after
+#' sharing keys are recovered while at least `threshold` survive; with fewer,
+#' the round fails and the state is unchanged.
+#'
+#' `fed_aggregator_secure_mean()` is FedAvg's example-weighted mean under
+#' secure aggregation; `fed_aggregator_secure_sum()` is the `inner` sum of
+#' [fed_aggregator_dp_fixed()] and [fed_aggregator_dp_adaptive()] (the server
+#' then sees only the noised sum).
+#'
+#' @param clip_range Each coordinate is clipped to `[-clip_range, clip_range]`
+#'   before quantization (under DP, the clip sets it).
+#' @param bits Bits of the modular sum (32 or 64).
+#' @param threshold Survivors needed: a whole number, a fraction of the
+#'   round's clients, or `NULL` (two thirds, at least 2).
+#' @param neighbors `NULL` (every pair of clients masks) or an even number
+#'   of neighbours per client (SecAgg+, Bell et al. 2020): cheaper for many
+#'   clients.
+#' @param max_examples For the mean: the largest example count a client may
+#'   report.
+#' @returns A `fed_aggregator`.
+#' @family privacy
+#' @export
+#' @examplesIf fedr_available()
+#' fed_aggregator_secure_mean()
+#' fed_aggregator_dp_fixed(1.0, 10, clip = 0.5, inner = fed_aggregator_secure_sum())
+fed_aggregator_secure_sum <- function(clip_range = 1, bits = 32L, threshold = NULL, neighbors = NULL) {
+  privacy <- fedr_module("fedr.privacy")
+  py <- fedr_call(
+    privacy$secure_sum(clip_range = clip_range, bits = as_count(bits, "bits"), threshold = threshold,
+                       neighbors = as_count(neighbors, "neighbors")),
+    arg = c("clip_range", "bits", "threshold", "neighbors")
+  )
+  new_fed_component(py, "fed_aggregator", "secure_sum")
+}
+
+#' @rdname fed_aggregator_secure_sum
+#' @export
+fed_aggregator_secure_mean <- function(clip_range = 1, bits = 64L, threshold = NULL, neighbors = NULL,
+                                       max_examples = 2^24) {
+  privacy <- fedr_module("fedr.privacy")
+  py <- fedr_call(
+    privacy$secure_mean(clip_range = clip_range, bits = as_count(bits, "bits"), threshold = threshold,
+                        neighbors = as_count(neighbors, "neighbors"), max_examples = as_count(max_examples, "max_examples")),
+    arg = c("clip_range", "bits", "threshold", "neighbors", "max_examples")
+  )
+  new_fed_component(py, "fed_aggregator", "secure_mean")
+}

@@ -73,3 +73,23 @@ test_that("fed_sample_clients() is seeded per round", {
   expect_equal(mean(sizes), 10, tolerance = 0.2)
   expect_error(fed_sample_clients(clients, 101), "`clients_per_round` \\(101\\) must not exceed the number of clients \\(100\\)", class = "fedr_error")
 })
+
+test_that("secure aggregation gives the plain mean within quantization, alone and under DP", {
+  skip_if_no_fedr()
+  clients <- small_clients()
+  model <- fed_model(keras_model_fn())
+  plain <- fed_fit(fed_averaging(model, fed_optimizer("sgd", 0.02), seed = 1), clients, rounds = 2, verbose = FALSE)
+  secure <- fed_fit(fed_averaging(model, fed_optimizer("sgd", 0.02), seed = 1, aggregator = fed_aggregator_secure_mean()),
+                    clients, rounds = 2, verbose = FALSE)
+  expect_equal(fed_weights(secure), fed_weights(plain), tolerance = 1e-5)
+  expect_identical(secure$secure_clients, c(3, 3))
+  expect_identical(secure$secure_dropped, c(0, 0))
+  dp_plain <- fed_fit(fed_averaging(model, fed_optimizer("sgd", 0.02), seed = 1,
+    aggregator = fed_aggregator_dp_fixed(0.5, 3, clip = 1)), clients, rounds = 1, verbose = FALSE)
+  dp_secure <- fed_fit(fed_averaging(model, fed_optimizer("sgd", 0.02), seed = 1,
+    aggregator = fed_aggregator_dp_fixed(0.5, 3, clip = 1, inner = fed_aggregator_secure_sum())), clients, rounds = 1, verbose = FALSE)
+  expect_equal(fed_weights(dp_secure), fed_weights(dp_plain), tolerance = 1e-5)
+  expect_identical(dp_secure$inner_secure_clients, 3)
+  expect_error(fed_aggregator_secure_sum(bits = 0), "`bits` must be a positive integer", class = "fedr_error")
+  expect_error(fed_aggregator_secure_sum(clip_range = -1), "`clip_range`", class = "fedr_error")
+})
