@@ -57,6 +57,7 @@ __all__ = [
     "SequenceType",
     "TensorType",
     "aggregators",
+    "attacks",
     "datasets",
     "errors",
     "executors",
@@ -66,12 +67,13 @@ __all__ = [
     "federated_mean",
     "federated_sum",
     "learning",
+    "privacy",
     "tf_computation",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # fedr.learning imports TensorFlow (about 2 s): load it on first use only.
-    if name == "learning":
-        return importlib.import_module("fedr.learning")
+    # fedr.learning (and what uses it) imports TensorFlow (about 2 s): load on first use only.
+    if name in ("learning", "privacy", "attacks"):
+        return importlib.import_module(f"fedr.{name}")
     raise AttributeError(f"module 'fedr' has no attribute {name!r}")
