@@ -15,7 +15,7 @@ ext_modules = [
         "fedr._kernels",
         ["src_cpp/bindings.cpp"],
         include_dirs=["src_cpp"],
-        depends=["src_cpp/weighted_average.hpp"],
+        depends=["src_cpp/weighted_average.hpp", "src_cpp/robust.hpp"],
         cxx_std=17,
         # Portable baseline x86-64: the AVX2+FMA loops are chosen at run time,
         # so no -march=native (it would emit AVX-512 the users' CPUs may lack).

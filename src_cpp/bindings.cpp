@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "robust.hpp"
 #include "weighted_average.hpp"
 
 namespace py = pybind11;
@@ -272,6 +273,140 @@ class WeightedMeanAccumulator {
   mutable std::mutex mutex_;
 };
 
+// --- robust aggregators (robust.hpp) ---------------------------------------
+
+// The K rows of `updates` (a (K, N) float32 C-contiguous matrix, or a list
+// or tuple of K such 1-D arrays) as pointers, without copying; `keep` holds
+// the arrays alive while the GIL is released. Throws on K = 0.
+std::vector<const float*> update_rows(const py::object& updates, std::vector<FloatArray>& keep,
+                                      std::size_t& n) {
+  std::vector<const float*> rows;
+  n = 0;
+  if (py::isinstance<py::array>(updates)) {
+    FloatArray m = as_float32(updates, "updates");
+    if (m.ndim() != 2) {
+      fail("updates must be a 2-D (K, N) array or a list of K 1-D arrays, got shape " +
+           shape_str(m));
+    }
+    const auto k = static_cast<std::size_t>(m.shape(0));
+    n = static_cast<std::size_t>(m.shape(1));
+    if (k == 0) fail("updates is empty (shape " + shape_str(m) + "); need at least one update");
+    rows.resize(k);
+    for (std::size_t i = 0; i < k; ++i) rows[i] = m.data() + i * n;
+    keep.push_back(std::move(m));
+    return rows;
+  }
+  if (!py::isinstance<py::list>(updates) && !py::isinstance<py::tuple>(updates)) {
+    throw py::type_error(
+        "updates must be a 2-D float32 numpy array or a list of 1-D float32 arrays, got " +
+        py::str(py::type::of(updates).attr("__name__")).cast<std::string>());
+  }
+  auto seq = py::reinterpret_borrow<py::sequence>(updates);
+  const std::size_t k = seq.size();
+  if (k == 0) fail("updates is empty (K=0); need at least one update");
+  rows.resize(k);
+  keep.reserve(k);
+  for (std::size_t i = 0; i < k; ++i) {
+    const std::string name = "updates[" + std::to_string(i) + "]";
+    FloatArray x = as_float32(seq[i], name);
+    if (x.ndim() != 1) fail(name + " must be 1-D, got shape " + shape_str(x));
+    const auto len = static_cast<std::size_t>(x.shape(0));
+    if (i == 0) {
+      n = len;
+    } else if (len != n) {
+      fail("updates are ragged: updates[0] has shape (" + std::to_string(n) + ",) but " + name +
+           " has shape " + shape_str(x));
+    }
+    rows[i] = x.data();
+    keep.push_back(std::move(x));
+  }
+  return rows;
+}
+
+// Throws naming the first (row, column) of `rows` that is NaN (or, with
+// `finite`, not finite). Only runs on the error path.
+[[noreturn]] void fail_first_bad(const std::vector<const float*>& rows, std::size_t n, bool finite,
+                                 const std::string& why) {
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    for (std::size_t j = 0; j < n; ++j) {
+      const float v = rows[i][j];
+      if (finite ? !std::isfinite(v) : std::isnan(v)) {
+        std::ostringstream s;
+        s << "updates[" << i << "] is " << v << " at index " << j << "; " << why;
+        fail(s.str());
+      }
+    }
+  }
+  fail("updates: " + why);
+}
+
+py::array_t<float> coordinate_median(const py::object& updates, py::ssize_t num_threads) {
+  const std::size_t threads = thread_count(num_threads);
+  std::vector<FloatArray> keep;
+  std::size_t n = 0;
+  const std::vector<const float*> rows = update_rows(updates, keep, n);
+  py::array_t<float> out(static_cast<py::ssize_t>(n));
+  float* dst = out.mutable_data();
+  bool ok = false;
+  {
+    py::gil_scoped_release release;
+    ok = fedr::coordinate_median(rows.data(), rows.size(), n, dst, threads);
+  }
+  if (!ok) fail_first_bad(rows, n, false, "the median needs updates without NaN");
+  return out;
+}
+
+py::array_t<float> coordinate_trimmed_mean(const py::object& updates, double beta,
+                                           py::ssize_t num_threads) {
+  const std::size_t threads = thread_count(num_threads);
+  if (!(beta >= 0.0 && beta < 0.5)) {
+    std::ostringstream s;
+    s << "beta must be in [0, 0.5), got " << beta;
+    fail(s.str());
+  }
+  std::vector<FloatArray> keep;
+  std::size_t n = 0;
+  const std::vector<const float*> rows = update_rows(updates, keep, n);
+  const std::size_t k = rows.size();
+  // floor(beta * K) as Python computes it, so both sides cut the same count.
+  const auto trim = static_cast<std::size_t>(std::floor(beta * static_cast<double>(k)));
+  py::array_t<float> out(static_cast<py::ssize_t>(n));
+  float* dst = out.mutable_data();
+  bool ok = false;
+  {
+    py::gil_scoped_release release;
+    ok = fedr::coordinate_trimmed_mean(rows.data(), k, n, trim, dst, threads);
+  }
+  if (!ok) fail_first_bad(rows, n, false, "the trimmed mean needs updates without NaN");
+  return out;
+}
+
+py::array_t<double> pairwise_sq_distances(const py::object& updates, py::ssize_t num_threads) {
+  const std::size_t threads = thread_count(num_threads);
+  std::vector<FloatArray> keep;
+  std::size_t n = 0;
+  const std::vector<const float*> rows = update_rows(updates, keep, n);
+  const std::size_t k = rows.size();
+  py::array_t<double> out({static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(k)});
+  double* dst = out.mutable_data();
+  bool finite = true;
+  {
+    py::gil_scoped_release release;
+    fedr::pairwise_sq_distances(rows.data(), k, n, dst, threads);
+    for (std::size_t i = 0; i < k * k; ++i) finite = finite && std::isfinite(dst[i]);
+  }
+  if (!finite) {
+    // A non-finite input, or finite ones whose squares overflow float64.
+    bool inputs_finite = true;
+    for (std::size_t i = 0; i < k && inputs_finite; ++i) {
+      for (std::size_t j = 0; j < n && inputs_finite; ++j) inputs_finite = std::isfinite(rows[i][j]);
+    }
+    if (!inputs_finite) fail_first_bad(rows, n, true, "distances need finite updates");
+    fail("the squared distances between updates overflow float64");
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -326,6 +461,69 @@ PYBIND11_MODULE(_kernels, m) {
       .def_property_readonly("nbytes", &WeightedMeanAccumulator::nbytes,
                              "Bytes held by the running sum (8 * n).")
       .def("__repr__", &WeightedMeanAccumulator::repr);
+
+  m.def("coordinate_median", &coordinate_median, py::arg("updates"), py::kw_only(),
+        py::arg("num_threads") = 0,
+        R"pbdoc(
+    Return the coordinate-wise median of K updates (Yin et al. 2018).
+
+    For even K each coordinate is the mean of its two middle values, as
+    numpy.median (computed in float64, then rounded to float32).
+
+    Args:
+      updates: a (K, N) C-contiguous float32 array, or a list of K 1-D
+        C-contiguous float32 arrays of length N. Never copied or cast.
+      num_threads: threads to use; 0 chooses from the size of the work.
+
+    Returns:
+      A float32 array of shape (N,).
+
+    Raises:
+      ValueError: on a wrong dtype, layout or shape, K=0, ragged rows, or a
+        NaN (named by row and index).
+  )pbdoc");
+
+  m.def("coordinate_trimmed_mean", &coordinate_trimmed_mean, py::arg("updates"), py::arg("beta"),
+        py::kw_only(), py::arg("num_threads") = 0,
+        R"pbdoc(
+    Return the coordinate-wise beta-trimmed mean of K updates (Yin et al. 2018).
+
+    Each coordinate drops its floor(beta * K) smallest and floor(beta * K)
+    largest values and averages the rest, summed in float64.
+
+    Args:
+      updates: as in coordinate_median.
+      beta: the fraction cut from each tail, in [0, 0.5).
+      num_threads: threads to use; 0 chooses from the size of the work.
+
+    Returns:
+      A float32 array of shape (N,).
+
+    Raises:
+      ValueError: beta outside [0, 0.5), or as coordinate_median.
+  )pbdoc");
+
+  m.def("pairwise_sq_distances", &pairwise_sq_distances, py::arg("updates"), py::kw_only(),
+        py::arg("num_threads") = 0,
+        R"pbdoc(
+    Return the (K, K) float64 squared Euclidean distances between K updates.
+
+    Computed as |x_i|^2 + |x_j|^2 - 2 x_i.x_j from one pass over the data
+    (float32 products summed in runs of 512 columns, runs summed in float64),
+    clamped at 0; symmetric with a zero diagonal, the same whatever the
+    number of threads. Used by Krum (Blanchard et al. 2017).
+
+    Args:
+      updates: as in coordinate_median.
+      num_threads: threads to use; 0 chooses from the size of the work.
+
+    Returns:
+      A float64 array of shape (K, K).
+
+    Raises:
+      ValueError: a non-finite value (named by row and index), or as
+        coordinate_median.
+  )pbdoc");
 
   m.def("uses_avx2", &fedr::uses_avx2, "Return True if the AVX2+FMA loops run on this CPU.");
   m.attr("BLOCK") = fedr::kBlock;

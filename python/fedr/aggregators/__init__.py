@@ -5,6 +5,8 @@ example-weighted mean of FedAvg, computed by the C++ kernel ``fedr._kernels``
 with a numpy fallback. Every aggregator follows the :class:`Aggregator`
 interface: ``init()``, ``client_step(state, delta)`` and
 ``aggregate(state, outputs)`` returning ``(state, update, metrics)``.
+``median()``, ``trimmed_mean(beta)`` and ``krum(num_byzantine)`` are robust to
+Byzantine clients (C++ kernels with numpy references, in ``_robust.py``).
 """
 
 from fedr.aggregators._mean import (
@@ -29,20 +31,52 @@ from fedr.aggregators._weighted_mean import (
     weighted_mean,
     weighted_mean_numpy,
 )
+from fedr.aggregators._robust import (
+    HAVE_ROBUST_KERNEL,
+    Krum,
+    Median,
+    TrimmedMean,
+    coordinate_median,
+    coordinate_trimmed_mean,
+    krum,
+    krum_numpy,
+    krum_scores,
+    median,
+    median_numpy,
+    pairwise_sq_distances,
+    pairwise_sq_distances_numpy,
+    trimmed_mean,
+    trimmed_mean_numpy,
+)
 
 __all__ = [
     "HAVE_KERNEL",
+    "HAVE_ROBUST_KERNEL",
     "AggregateResult",
     "Aggregator",
     "Backend",
     "ClientResult",
+    "Krum",
     "Mean",
+    "Median",
     "Sum",
+    "TrimmedMean",
     "WeightedMeanAccumulator",
     "check_aggregator",
+    "coordinate_median",
+    "coordinate_trimmed_mean",
     "flatten_weights",
+    "krum",
+    "krum_numpy",
+    "krum_scores",
     "mean",
+    "median",
+    "median_numpy",
+    "pairwise_sq_distances",
+    "pairwise_sq_distances_numpy",
     "sum",
+    "trimmed_mean",
+    "trimmed_mean_numpy",
     "unflatten_weights",
     "weighted_mean",
     "weighted_mean_numpy",
