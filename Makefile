@@ -59,6 +59,8 @@ check: setup
 bench: setup
 	$(PY) bench/round_time.py
 	$(PY) bench/aggregate.py
+	$(PY) bench/robust.py
+	$(PY) bench/secagg.py
 
 clean:
 	rm -rf build python/*.egg-info .stamp-* $(RLIB)
