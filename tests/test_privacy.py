@@ -244,3 +244,12 @@ def test_plain_sum_is_the_sum():
     result = _run(aggregators.sum(), deltas)
     np.testing.assert_allclose(result.update, np.sum(np.stack(deltas).astype(np.float64), axis=0), rtol=1e-6, atol=1e-6)
     assert repr(aggregators.sum()) == "sum()"
+
+
+def test_adaptive_epsilon_accounts_the_composed_multiplier_not_the_raised_one():
+    # Andrew et al. 2021, Theorem 1: update noise z_delta and count noise sigma_b together
+    # are as private as one Gaussian with z; accounting z_delta alone would understate epsilon.
+    agg = privacy.gaussian_adaptive(0.8, 4, clipped_count_stddev=1.0, population_size=40, target_delta=1e-5)
+    result = _run(agg, [np.ones(10, np.float32)] * 4)
+    assert result.metrics["epsilon"] == pytest.approx(privacy.epsilon(0.8, 4, 40, 1, 1e-5))
+    assert result.metrics["epsilon"] > privacy.epsilon(agg.update_noise_multiplier, 4, 40, 1, 1e-5)
