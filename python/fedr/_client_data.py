@@ -178,6 +178,16 @@ class ClientData:
         y = ys[0] if len(ys) == 1 else np.concatenate(ys)
         return cls(x, y, offsets=offsets, client_id=client_id)
 
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self._client_id, self._x, self._y, self._offsets)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        # Unpickled (e.g. in a Ray worker): the arrays stay read-only there too.
+        self._client_id, self._x, self._y, self._offsets = state
+        for array in (self._x, self._y, self._offsets):
+            if array.flags.writeable:
+                array.flags.writeable = False
+
     @property
     def x(self) -> np.ndarray:
         """Features, float32 C-contiguous ``(n, *feature_shape)``."""

@@ -1,4 +1,4 @@
-"""Executors: who runs the clients' updates of a round.
+"""Executors: who runs the clients' updates of a round: ``serial()``, ``threads()``, ``ray()``.
 
 An executor maps a function over a round's clients and returns the results in
 client order; the process sizes its pool of model replicas by
@@ -18,5 +18,8 @@ several cores.
 """
 
 from fedr.executors._local import Executor, SerialExecutor, ThreadsExecutor, default_workers, serial, threads
+from fedr.executors._ray import RayExecutor, ray
 
-__all__ = ["Executor", "SerialExecutor", "ThreadsExecutor", "default_workers", "serial", "threads"]
+__all__ = [
+    "Executor", "RayExecutor", "SerialExecutor", "ThreadsExecutor", "default_workers", "ray", "serial", "threads",
+]

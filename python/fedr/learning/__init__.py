@@ -9,10 +9,11 @@ The parts, one module each (../shared/DESIGN.md): :mod:`~fedr.learning.model`
 aggregator from :mod:`fedr.aggregators` and an executor from :mod:`fedr.executors`).
 """
 
-from fedr.learning.client_update import ClientOutput, ClientUpdate
-from fedr.learning.model import Model, from_keras_model, optimizer_fn
+from fedr.learning.client_update import ClientFailure, ClientOutput, ClientUpdate
+from fedr.learning.model import Model, ModelSpec, from_keras_model, model_spec, optimizer_fn
 from fedr.learning.process import (
     ClientsDroppedWarning,
+    ClientsFailedWarning,
     FedAvgProcess,
     FederatedEvaluation,
     LearningProcessOutput,
@@ -26,13 +27,16 @@ from fedr.learning.server_update import ServerOptimizer
 from fedr.learning.state import ModelWeights, ServerState, StateFileError, load_state, save_state
 
 __all__ = [
+    "ClientFailure",
     "ClientOutput",
     "ClientUpdate",
     "ClientsDroppedWarning",
+    "ClientsFailedWarning",
     "FedAvgProcess",
     "FederatedEvaluation",
     "LearningProcessOutput",
     "Model",
+    "ModelSpec",
     "ModelWeights",
     "ServerOptimizer",
     "ServerState",
@@ -42,6 +46,7 @@ __all__ = [
     "build_weighted_fed_avg",
     "from_keras_model",
     "load_state",
+    "model_spec",
     "optimizer_fn",
     "sample_clients",
     "sample_clients_poisson",

@@ -27,7 +27,7 @@ from fedr.errors import FedValueError
 from fedr.learning.model import Model
 from fedr.learning.state import ModelWeights
 
-__all__ = ["ClientOutput", "ClientUpdate", "client_tensors"]
+__all__ = ["ClientFailure", "ClientOutput", "ClientUpdate", "client_tensors", "describe_error", "run_client"]
 
 
 _TENSORS: weakref.WeakKeyDictionary[ClientData, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()
@@ -52,6 +52,13 @@ def client_tensors(client: ClientData) -> tuple[Any, Any, Any]:
         with _TENSORS_LOCK:
             _TENSORS[client] = cached
     return cached
+
+
+class ClientFailure(NamedTuple):
+    """A client whose round raised: left out of the aggregate and named in the round's result."""
+
+    client_id: str
+    error: str  # "Type: message"
 
 
 class ClientOutput(NamedTuple):
@@ -354,3 +361,39 @@ class ClientUpdate:
         """Evaluate ``weights`` on ``client``: metrics, loss sum and example count."""
         metrics, loss_sum, count = self._eval(flat, list(weights.non_trainable), *client_tensors(client))
         return metrics.numpy(), float(loss_sum), int(count)
+
+
+def describe_error(err: BaseException) -> str:
+    """``Type: message`` of an exception, without the traced-code listing TensorFlow puts first."""
+    text = str(err).strip()
+    if "in user code:" in text:
+        text = [p for p in text.split("\n\n") if p.strip()][-1].strip()
+        return text if ": " in text.split("\n")[0] else f"{type(err).__name__}: {text}"
+    return f"{type(err).__name__}: {text}"
+
+
+def run_client(
+    replica: ClientUpdate,
+    weights: ModelWeights,
+    flat: np.ndarray,
+    client: ClientData,
+    seed: np.random.SeedSequence | None,
+    aggregator: Any,
+    agg_state: Any,
+    context: Any,
+) -> ClientOutput | ClientFailure:
+    """One client's whole task in a round: local training, then the aggregator's client step.
+
+    The same function runs in a local worker thread and in a remote worker
+    (Ray actor). An exception becomes a :class:`ClientFailure` naming the
+    client: one failing client does not fail the round.
+    """
+    try:
+        out = replica.train(weights, flat, client, seed)
+        if out.finite:
+            out = out._replace(delta=aggregator.client_step(
+                agg_state, out.delta, client_id=client.client_id, num_examples=out.num_examples, context=context,
+            ))
+        return out
+    except Exception as err:  # noqa: BLE001 - reported as the client's failure
+        return ClientFailure(client.client_id, describe_error(err))

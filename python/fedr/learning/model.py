@@ -18,7 +18,7 @@ import numpy as np
 
 from fedr.errors import FedTypeError, FedValueError
 
-__all__ = ["Model", "from_keras_model", "optimizer_fn"]
+__all__ = ["Model", "ModelSpec", "from_keras_model", "model_spec", "optimizer_fn"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,15 +97,27 @@ def _as_metric(metric: Any) -> Any:
     raise FedTypeError(f"metrics: expected Keras metrics or their names, got {type(metric).__name__}")
 
 
-def _function_loss(keras: Any, fn: Callable[..., Any], name: str) -> Any:
-    """Wrap a per-example loss function as a Keras Loss that averages over the batch."""
+def _loss_by_name(keras: Any, name: str) -> Any:
+    """A Keras loss object for a name: the class where one exists ("sparse_categorical_crossentropy"
+    gives ``SparseCategoricalCrossentropy()``), so that it serialises for remote workers."""
+    camel = "".join(part.capitalize() for part in name.split("_"))
+    cls = getattr(keras.losses, camel, None)
+    if isinstance(cls, type) and issubclass(cls, keras.losses.Loss):
+        return cls()
+    return keras.losses.get(name)
 
-    class FunctionLoss(keras.losses.Loss):
-        def call(self, y_true: Any, y_pred: Any) -> Any:
-            return fn(y_true, y_pred)
+
+def _function_loss(keras: Any, fn: Callable[..., Any], name: str) -> Any:
+    """Wrap a per-example loss function as a Keras Loss that averages over the batch.
+
+    Keras's own ``LossFunctionWrapper``: a built-in Keras loss function so
+    wrapped serialises (remote workers can rebuild it); a function of your own
+    does not, which :func:`model_spec` reports.
+    """
+    from keras.src.losses.losses import LossFunctionWrapper  # not exported by keras.losses
 
     # A lambda's "<lambda>" is no valid TensorFlow name scope.
-    return FunctionLoss(name=re.sub(r"[^A-Za-z0-9_.]", "", name) or "loss")
+    return LossFunctionWrapper(fn, name=re.sub(r"[^A-Za-z0-9_.]", "", name) or "loss")
 
 
 def from_keras_model(
@@ -139,7 +151,7 @@ def from_keras_model(
     if not isinstance(keras_model, keras.Model):
         raise FedTypeError(f"keras_model: expected a keras.Model, got {type(keras_model).__name__}")
     try:
-        loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+        loss_fn = _loss_by_name(keras, loss) if isinstance(loss, str) else loss
     except ValueError as err:
         raise FedTypeError(f"loss: unknown Keras loss {loss!r} ({err})") from None
     if not callable(loss_fn):
@@ -241,3 +253,64 @@ def optimizer_fn(name: str, learning_rate: float, **kwargs: Any) -> Callable[[],
     build.__name__ = f"{key}_optimizer"
     build()  # fail now, not in the first round
     return build
+
+
+# ----------------------------------------------------------------------------- a model that travels
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a :class:`Model` in another process: Keras configs, no code.
+
+    Ray workers and Flower nodes cannot run the user's ``model_fn`` (from R it
+    is an R function): they rebuild the model from this spec, which holds the
+    Keras model's config, the loss's and metrics' configs (plain data, as
+    ``keras.saving.serialize_keras_object`` gives them) and the input shape.
+    """
+
+    model: dict[str, Any]
+    loss: dict[str, Any]
+    metrics: tuple[dict[str, Any], ...]
+    feature_shape: tuple[int, ...]
+
+    def build(self) -> Model:
+        """Build a fresh :class:`Model` from the spec (new weights; the state supplies the values)."""
+        import keras
+
+        keras_model = keras.saving.deserialize_keras_object(self.model)
+        if not keras_model.built:
+            keras_model.build((None, *self.feature_shape))
+        loss = keras.saving.deserialize_keras_object(self.loss)
+        metrics = tuple(keras.saving.deserialize_keras_object(m) for m in self.metrics)
+        return Model(keras_model, loss, metrics, self.feature_shape)
+
+
+def _serialize(obj: Any, what: str) -> dict[str, Any]:
+    import keras
+
+    try:
+        config = keras.saving.serialize_keras_object(obj)
+        keras.saving.deserialize_keras_object(config)  # it must also come back
+    except Exception as err:  # noqa: BLE001 - any failure means it cannot travel
+        raise FedTypeError(
+            f"{what} cannot travel to remote workers: {type(err).__name__}: {str(err).splitlines()[0]} "
+            "(remote executors rebuild the model from Keras configs, so the model, loss and metrics "
+            "must be Keras objects without Python or R functions of your own; use the threads executor)"
+        ) from None
+    return config
+
+
+def model_spec(model: Model) -> ModelSpec:
+    """Return the :class:`ModelSpec` of ``model``.
+
+    Raises:
+        FedTypeError: the model, its loss or a metric cannot be serialised (a
+            loss written in R or Python, a Lambda layer, a custom layer not
+            registered with Keras); the message names which.
+    """
+    return ModelSpec(
+        _serialize(model.keras_model, "model"),
+        _serialize(model.loss, "loss"),
+        tuple(_serialize(m, f"metrics[{i}] ({m.name})") for i, m in enumerate(model.metrics)),
+        tuple(model.feature_shape),
+    )

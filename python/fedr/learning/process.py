@@ -19,6 +19,7 @@ with :func:`fedr.learning.save_state` resumes bit for bit.
 
 from __future__ import annotations
 
+import math
 import queue
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,13 +33,14 @@ from fedr.datasets import ClientData, as_client_data
 from fedr.errors import FedError, FedTypeError, FedValueError, FedWarning
 from fedr.executors import Executor, threads
 from fedr.executors._local import check_executor
-from fedr.learning.client_update import ClientOutput, ClientUpdate
-from fedr.learning.model import Model, optimizer_fn
+from fedr.learning.client_update import ClientFailure, ClientOutput, ClientUpdate, describe_error, run_client
+from fedr.learning.model import Model, model_spec, optimizer_fn
 from fedr.learning.server_update import ServerOptimizer
 from fedr.learning.state import ModelWeights, ServerState, check_weights
 
 __all__ = [
     "ClientsDroppedWarning",
+    "ClientsFailedWarning",
     "FedAvgProcess",
     "FederatedEvaluation",
     "LearningProcessOutput",
@@ -52,6 +54,25 @@ __all__ = [
 
 class ClientsDroppedWarning(FedWarning):
     """Some clients of a round were left out of the aggregate (their update was not finite)."""
+
+
+class ClientsFailedWarning(FedWarning):
+    """Some clients of a round failed (raised, died or did not answer in time) and were left out."""
+
+
+class RoundJob(NamedTuple):
+    """What a remote executor needs to run a round's client updates (all of it picklable)."""
+
+    spec: Any  # fedr.learning.model.ModelSpec
+    optimizer: dict[str, Any]  # the client optimizer's Keras config
+    local_epochs: int
+    weights: ModelWeights
+    flat: np.ndarray
+    clients: list[ClientData]
+    seeds: list[np.random.SeedSequence]
+    aggregator: Aggregator
+    aggregator_state: Any
+    context: Any
 
 
 class LearningProcessOutput(NamedTuple):
@@ -146,7 +167,7 @@ class _Replicas:
                     what = "training" if train else "evaluation"
                     raise FedError(
                         f"client '{client.client_id}': building the {what} graph failed "
-                        f"(the model, its loss or metrics raised): {_cause(err)}"
+                        f"(the model, its loss or metrics raised): {describe_error(err)}"
                     ) from err
 
     def run(self, fn: Callable[[ClientUpdate], Any]) -> Any:
@@ -157,13 +178,27 @@ class _Replicas:
             self._free.put(replica)
 
 
-def _cause(err: BaseException) -> str:
-    """``Type: message`` of an exception, without the traced-code listing TensorFlow puts first."""
-    text = str(err).strip()
-    if "in user code:" in text:
-        text = [p for p in text.split("\n\n") if p.strip()][-1].strip()
-        return text if ": " in text.split("\n")[0] else f"{type(err).__name__}: {text}"
-    return f"{type(err).__name__}: {text}"
+def _check_min_clients(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise FedValueError(f"min_clients: expected a count >= 1 or a fraction in (0, 1], got {value!r}")
+    if isinstance(value, int | np.integer):
+        if value < 1:
+            raise FedValueError(f"min_clients: expected a count >= 1 or a fraction in (0, 1], got {value!r}")
+        return int(value)
+    if not 0 < float(value) <= 1:
+        raise FedValueError(f"min_clients: expected a count >= 1 or a fraction in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _optimizer_config(optimizer: Any) -> dict[str, Any]:
+    import keras
+
+    try:
+        return keras.saving.serialize_keras_object(optimizer)
+    except Exception as err:  # noqa: BLE001
+        raise FedTypeError(
+            f"client_optimizer_fn: its optimizer cannot travel to remote workers ({describe_error(err)})"
+        ) from None
 
 
 def _clients(data: Any, argument: str) -> list[ClientData]:
@@ -274,6 +309,7 @@ class FedAvgProcess:
         aggregator: Aggregator | None = None,
         executor: Executor | None = None,
         seed: int | None = None,
+        min_clients: int | float = 1,
     ) -> None:
         if isinstance(local_epochs, bool) or not isinstance(local_epochs, int | np.integer) or local_epochs < 1:
             raise FedValueError(f"local_epochs: expected a positive integer, got {local_epochs!r}")
@@ -282,6 +318,8 @@ class FedAvgProcess:
         self.seed = _seeds.check_seed(seed)
         self.aggregator = check_aggregator(aggregator)
         self.executor = check_executor(executor)
+        self.min_clients = _check_min_clients(min_clients)
+        self._client_optimizer_fn = client_optimizer_fn
         # Without a seed, fresh randomness: a base seed drawn from the OS.
         self._base_seed = (
             self.seed if self.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
@@ -300,13 +338,21 @@ class FedAvgProcess:
             )
 
         # The first replica now, for the initial weights; the others when a
-        # round needs them (see _Replicas).
-        self._replicas = _Replicas(build, self.executor.workers)
+        # round needs them (see _Replicas). A remote executor trains elsewhere:
+        # here the replicas only check data and evaluate, on local threads.
+        self._remote = bool(getattr(self.executor, "remote", False))
+        self._local = threads() if self._remote else self.executor
+        self._replicas = _Replicas(build, self._local.workers)
         self._first = self._replicas.first
         self._initial = self._first.weights()
+        self._spec = None
+        if self._remote:
+            # Fail now, naming what cannot travel, not in the first round.
+            self._spec = model_spec(self._first.model)
+            self._optimizer_config = _optimizer_config(self._first.optimizer)
         self.server = ServerOptimizer(server_optimizer_fn, self._first.num_weights)
         self.local_epochs = int(local_epochs)
-        self._evaluation = FederatedEvaluation(self._replicas, self.executor, self._initial)
+        self._evaluation = FederatedEvaluation(self._replicas, self._local, self._initial)
         self._metric_names = self._first.model.metric_names
         self._agg_names = tuple(name for name, _ in self.aggregator.init())
         if self._first.averaged and not self.aggregator.averages_non_trainable:
@@ -378,7 +424,8 @@ class FedAvgProcess:
         clients = _clients(federated_data, "federated_data")
         for client in clients:
             self._first.check(client)
-        self._replicas.prepare(clients, train=True)
+        if not self._remote:
+            self._replicas.prepare(clients, train=True)
         round_num = state.round_num + 1
         weights, flat = state.model, state.flat_weights
         aggregator, agg_state = self.aggregator, state.aggregator_state
@@ -388,30 +435,44 @@ class FedAvgProcess:
             seed=_seeds.derive(self._base_seed, _seeds.AGGREGATE, round_num, 0),
         )
 
-        def update(job: tuple[ClientData, np.random.SeedSequence]) -> ClientOutput:
-            client, seed = job
-            try:
-                out = self._replicas.run(lambda r: r.train(weights, flat, client, seed))
-                if out.finite:
-                    out = out._replace(delta=aggregator.client_step(
-                        agg_state, out.delta, client_id=client.client_id,
-                        num_examples=out.num_examples, context=context,
-                    ))
-            except FedError:
-                raise
-            except Exception as err:
-                raise FedError(f"round {round_num}, client '{client.client_id}': {_cause(err)}") from err
-            return out
-
         seeds = _client_seeds(self._base_seed, round_num, clients)
-        outputs = self.executor.map(update, list(zip(clients, seeds, strict=True)))
+        if self._remote:
+            results = self.executor.run_round(RoundJob(
+                self._spec, self._optimizer_config, self.local_epochs, weights, flat, clients, seeds,
+                aggregator, agg_state, context,
+            ))
+        else:
+            def update(job: tuple[ClientData, np.random.SeedSequence]) -> ClientOutput | ClientFailure:
+                client, seed = job
+                return self._replicas.run(
+                    lambda r: run_client(r, weights, flat, client, seed, aggregator, agg_state, context)
+                )
+
+            results = self.executor.map(update, list(zip(clients, seeds, strict=True)))
+        failed = [r for r in results if isinstance(r, ClientFailure)]
+        outputs = [r for r in results if not isinstance(r, ClientFailure)]
         kept = [out for out in outputs if out.finite]
         dropped = [out.client_id for out in outputs if not out.finite]
-        if not kept:
+        if not kept and not failed:
             raise FedValueError(
                 f"round {round_num}: every client's update was non-finite (NaN or Inf), so training "
                 f"diverged ({len(dropped)} client(s): {', '.join(dropped)}); lower the client learning "
                 "rate and start again from this round's state"
+            )
+        needed = self.min_clients if isinstance(self.min_clients, int) else math.ceil(self.min_clients * len(clients))
+        needed = max(1, min(needed, len(clients)))
+        if len(kept) < needed:
+            parts = [f"{f.client_id} ({f.error})" for f in failed] + [f"{d} (non-finite update)" for d in dropped]
+            raise FedValueError(
+                f"round {round_num}: only {len(kept)} of {len(clients)} clients returned a usable update, "
+                f"fewer than min_clients = {needed}; left out: {'; '.join(parts)}. The state is unchanged"
+            )
+        if failed:
+            warnings.warn(
+                f"round {round_num}: {len(failed)} client(s) failed and were left out: "
+                + "; ".join(f"{f.client_id}: {f.error}" for f in failed),
+                ClientsFailedWarning,
+                stacklevel=2,
             )
         if dropped:
             warnings.warn(
@@ -430,7 +491,9 @@ class FedAvgProcess:
                 f"{getattr(update, 'dtype', type(update).__name__)} {getattr(update, 'shape', '')}, "
                 f"expected float32 {flat.shape}"
             )
-        clash = set(result.metrics) & {"loss", "num_examples", "num_clients", "num_clients_dropped", *self._metric_names}
+        clash = set(result.metrics) & {
+            "loss", "num_examples", "num_clients", "num_clients_dropped", "num_clients_failed", *self._metric_names
+        }
         if clash:
             raise FedValueError(f"aggregator {aggregator!r}: its metrics {sorted(clash)} clash with the round's")
         opt_state, new_flat = self.server.apply(state.optimizer_state, flat, update)
@@ -446,6 +509,7 @@ class FedAvgProcess:
         new_state = ServerState(model, opt_state, result.state, round_num)
         metrics = _combine(self._metric_names, [(o.metrics, o.loss_sum, o.num_examples) for o in kept])
         metrics["num_clients_dropped"] = len(dropped)
+        metrics["num_clients_failed"] = len(failed)
         metrics.update(result.metrics)
         return LearningProcessOutput(new_state, metrics)
 
@@ -484,6 +548,7 @@ def build_weighted_fed_avg(
     executor: Executor | None = None,
     seed: int | None = None,
     workers: int | None = None,
+    min_clients: int | float = 1,
 ) -> FedAvgProcess:
     """Build the example-weighted federated averaging process.
 
@@ -506,6 +571,12 @@ def build_weighted_fed_avg(
             also seeds Keras's global generators (``keras.utils.set_random_seed``)
             before ``model_fn`` runs.
         workers: Shorthand for ``executor=fedr.executors.threads(workers)``.
+        min_clients: How many clients must return a usable update for a round
+            to count: a count, or a fraction of the round's clients. A client
+            that raises, dies or times out is left out and named
+            (``num_clients_failed`` and a :class:`ClientsFailedWarning`); with
+            fewer than ``min_clients`` left the round fails and the state is
+            unchanged.
 
     Returns:
         A :class:`FedAvgProcess` with ``initialize``, ``next`` and ``evaluate``.
@@ -528,6 +599,7 @@ def build_weighted_fed_avg(
         aggregator=aggregator,
         executor=executor,
         seed=seed,
+        min_clients=min_clients,
     )
 
 

@@ -1,0 +1,292 @@
+"""The Ray executor: client updates on a Ray cluster (one machine or many).
+
+Ray (Moritz et al. 2018) is the engine Flower's simulation runs on; fedr uses
+it rather than a scheduler of its own. Each worker is a warm Ray *actor*
+holding a compiled replica of the model, rebuilt from the process's
+serialisable :class:`~fedr.learning.ModelSpec` (a Ray worker cannot run the
+user's ``model_fn``: from R it is an R function). A client's data goes into
+Ray's object store once and stays there; every round ships only the weights
+(once per round) and object references.
+
+Failures: an actor whose process dies is restarted by Ray and its pending
+clients are retried, so a killed worker does not lose the round; a client
+that raises is reported as failed; with ``round_timeout``, clients that have
+not answered in time are reported as failed and their actors replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from fedr.errors import FedValueError
+from fedr.executors._local import Executor, default_workers
+
+__all__ = ["RayExecutor", "ray"]
+
+_WORKER_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+class _ClientActor:
+    """A Ray actor: one compiled model replica, the clients' data it has seen (an LRU of ClientData)."""
+
+    def __init__(self, spec: Any, optimizer: dict[str, Any], local_epochs: int, cache_size: int = 256) -> None:
+        for key, value in _WORKER_ENV.items():
+            os.environ.setdefault(key, value)
+        import keras
+
+        from fedr.learning.client_update import ClientUpdate
+
+        self.update = ClientUpdate(
+            spec.build(), keras.saving.deserialize_keras_object(optimizer), local_epochs=local_epochs
+        )
+        self._data: OrderedDict[str, Any] = OrderedDict()
+        self._cache_size = cache_size
+
+    def pid(self) -> int:
+        """The actor's process id (tests kill it)."""
+        return os.getpid()
+
+    def _client(self, ref: Any) -> Any:
+        import ray as ray_
+
+        key = ref.hex()
+        client = self._data.get(key)
+        if client is None:
+            client = ray_.get(ref)  # numpy arrays come zero-copy from the object store
+            self._data[key] = client
+            if len(self._data) > self._cache_size:
+                self._data.popitem(last=False)
+        else:
+            self._data.move_to_end(key)
+        return client
+
+    def train(self, shared: Any, data: list[Any], seed: Any, delay: float = 0.0) -> Any:
+        """Run one client's round; ``data`` wraps the ClientData's object reference (not resolved by Ray)."""
+        from fedr.learning.client_update import ClientFailure, describe_error, run_client
+
+        weights, flat, aggregator, agg_state, context = shared
+        client = self._client(data[0])
+        if delay:
+            time.sleep(delay)
+        try:
+            self.update.prepare(client, train=True)
+        except Exception as err:  # noqa: BLE001 - the client's failure
+            return ClientFailure(client.client_id, describe_error(err))
+        return run_client(self.update, weights, flat, client, seed, aggregator, agg_state, context)
+
+
+class RayExecutor(Executor):
+    """Runs client updates as tasks of warm Ray actors; see :func:`ray`."""
+
+    remote = True
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus_per_client: float = 1,
+        num_workers: int | None = None,
+        round_timeout: float | None = None,
+        num_cpus: int | None = None,
+        max_restarts: int = 2,
+    ) -> None:
+        if address is not None and not isinstance(address, str):
+            raise FedValueError(f"address: expected None, 'auto' or a Ray address string, got {address!r}")
+        if isinstance(num_cpus_per_client, bool) or not isinstance(num_cpus_per_client, int | float) or not num_cpus_per_client > 0:
+            raise FedValueError(f"num_cpus_per_client: expected a positive number, got {num_cpus_per_client!r}")
+        for name, value in (("num_workers", num_workers), ("num_cpus", num_cpus)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1):
+                raise FedValueError(f"{name}: expected a positive integer or None, got {value!r}")
+        if round_timeout is not None and (
+            isinstance(round_timeout, bool) or not isinstance(round_timeout, int | float) or not round_timeout > 0
+        ):
+            raise FedValueError(f"round_timeout: expected a positive number of seconds or None, got {round_timeout!r}")
+        self.address = address
+        self.num_cpus_per_client = float(num_cpus_per_client)
+        self.num_workers = None if num_workers is None else int(num_workers)
+        self.round_timeout = None if round_timeout is None else float(round_timeout)
+        self.num_cpus = None if num_cpus is None else int(num_cpus)
+        self.max_restarts = int(max_restarts)
+        self.workers = self.num_workers or 1
+        self._actors: list[Any] = []
+        self._actor_key: Any = None
+        self._started_ray = False
+        self._data: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        # For tests: seconds a client sleeps before training (client id -> seconds).
+        self._delays: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ cluster
+
+    def _ray(self) -> Any:
+        try:
+            import ray as ray_
+        except ImportError:
+            raise ImportError(
+                "fedr.executors.ray() needs Ray: pip install 'ray==2.55.1' (make setup installs it)"
+            ) from None
+        if not ray_.is_initialized():
+            # Keep Ray from rewriting CUDA_VISIBLE_DEVICES on CPU actors (and from warning about it).
+            os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+            options: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "configure_logging": False,
+                "runtime_env": {"env_vars": dict(_WORKER_ENV)},
+            }
+            if self.address is None:
+                options["num_cpus"] = self.num_cpus or default_workers()
+            else:
+                options["address"] = self.address
+            ray_.init(**options)
+            self._started_ray = True
+        return ray_
+
+    def _ensure_actors(self, ray_: Any, job: Any, n_clients: int) -> None:
+        key = (id(job.spec), job.local_epochs)
+        if self._actors and self._actor_key == key:
+            return
+        self._kill_actors(ray_)
+        cpus = float(ray_.cluster_resources().get("CPU", 1))
+        count = self.num_workers or max(1, int(cpus // self.num_cpus_per_client))
+        cls = ray_.remote(_ClientActor).options(
+            num_cpus=self.num_cpus_per_client, max_restarts=self.max_restarts, max_task_retries=self.max_restarts
+        )
+        self._actors = [cls.remote(job.spec, job.optimizer, job.local_epochs) for _ in range(count)]
+        self._actor_key = key
+        self.workers = count
+
+    def _kill_actors(self, ray_: Any, which: list[int] | None = None) -> None:
+        indices = range(len(self._actors)) if which is None else which
+        for i in indices:
+            try:
+                ray_.kill(self._actors[i], no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        if which is None:
+            self._actors = []
+            self._actor_key = None
+
+    def _ref(self, ray_: Any, client: Any) -> Any:
+        ref = self._data.get(client)
+        if ref is None:
+            ref = ray_.put(client)  # once per client, kept while the ClientData lives
+            self._data[client] = ref
+        return ref
+
+    # ------------------------------------------------------------------ rounds
+
+    def map(self, fn: Any, items: Any) -> list[Any]:
+        """Local work (evaluation): run on the calling thread."""
+        return [fn(item) for item in items]
+
+    def run_round(self, job: Any) -> list[Any]:
+        """Train the round's clients on the actors; outputs (or failures) in client order."""
+        from fedr.learning.client_update import ClientFailure
+
+        with self._lock:
+            ray_ = self._ray()
+            self._ensure_actors(ray_, job, len(job.clients))
+            shared = ray_.put((job.weights, job.flat, job.aggregator, job.aggregator_state, job.context))
+            refs, owners = [], []
+            for i, (client, seed) in enumerate(zip(job.clients, job.seeds, strict=True)):
+                owner = i % len(self._actors)
+                delay = self._delays.get(client.client_id, 0.0)
+                refs.append(self._actors[owner].train.remote(shared, [self._ref(ray_, client)], seed, delay))
+                owners.append(owner)
+            ready, pending = ray_.wait(refs, num_returns=len(refs), timeout=self.round_timeout)
+            done = set(ready)
+            results: list[Any] = []
+            late_owners = set()
+            for ref, owner, client in zip(refs, owners, job.clients, strict=True):
+                if ref not in done:
+                    late_owners.add(owner)
+                    results.append(ClientFailure(
+                        client.client_id, f"TimeoutError: no answer within round_timeout = {self.round_timeout:g} s"
+                    ))
+                    continue
+                try:
+                    results.append(ray_.get(ref))
+                except Exception as err:  # noqa: BLE001 - a worker that died for good, a task error
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                    results.append(ClientFailure(client.client_id, f"{type(err).__name__}: {first}"))
+            if late_owners:
+                # Their queues hold the stragglers: replace those actors for the next round.
+                for ref in pending:
+                    ray_.cancel(ref, force=True)
+                self._kill_actors(ray_, sorted(late_owners))
+                cls = ray_.remote(_ClientActor).options(
+                    num_cpus=self.num_cpus_per_client, max_restarts=self.max_restarts,
+                    max_task_retries=self.max_restarts,
+                )
+                for owner in late_owners:
+                    self._actors[owner] = cls.remote(job.spec, job.optimizer, job.local_epochs)
+            return results
+
+    def actor_pids(self) -> list[int]:
+        """Process ids of the actors (for tests and monitoring)."""
+        ray_ = self._ray()
+        return [ray_.get(a.pid.remote()) for a in self._actors]
+
+    def close(self) -> None:
+        """Stop the actors, and the local Ray if this executor started it."""
+        with self._lock:
+            try:
+                import ray as ray_
+            except ImportError:
+                return
+            if ray_.is_initialized():
+                self._kill_actors(ray_)
+                if self._started_ray:
+                    ray_.shutdown()
+            self._started_ray = False
+            self._data = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        where = "local" if self.address is None else repr(self.address)
+        timeout = "" if self.round_timeout is None else f", round_timeout={self.round_timeout:g}"
+        return f"ray(address={where}, num_cpus_per_client={self.num_cpus_per_client:g}{timeout})"
+
+
+def ray(
+    address: str | None = None,
+    *,
+    num_cpus_per_client: float = 1,
+    num_workers: int | None = None,
+    round_timeout: float | None = None,
+    num_cpus: int | None = None,
+) -> RayExecutor:
+    """Run client updates on a Ray cluster, as warm actors holding compiled models.
+
+    Args:
+        address: ``None`` starts a local Ray sized to this machine (no
+            dashboard); ``"auto"`` joins the cluster this machine belongs to
+            (``ray start --head`` / ``ray start --address=...``); a
+            ``"ray://host:10001"`` address joins a remote cluster.
+        num_cpus_per_client: CPUs each actor reserves.
+        num_workers: Actors to start; default the cluster's CPUs over
+            ``num_cpus_per_client``.
+        round_timeout: Seconds a round waits for its clients; those that have
+            not answered are left out and named as failed (see ``min_clients``
+            of :func:`fedr.learning.build_weighted_fed_avg`).
+        num_cpus: CPUs of a local Ray (default: this machine's).
+
+    Returns:
+        An :class:`~fedr.executors.Executor` for ``build_weighted_fed_avg(executor=)``.
+        The model must be serialisable (Keras objects only: no loss, metric or
+        layer written in Python or R); the process says which part is not.
+
+    Raises:
+        FedValueError: an argument out of range.
+    """
+    return RayExecutor(
+        address, num_cpus_per_client=num_cpus_per_client, num_workers=num_workers,
+        round_timeout=round_timeout, num_cpus=num_cpus,
+    )
