@@ -5,7 +5,10 @@
 #' `fed_executor_threads()` trains clients in parallel, one thread and one
 #' copy of the model per worker (by default one per core, each TensorFlow op
 #' on one thread); `fed_executor_serial()` trains them one after another on
-#' R's own thread. Results do not depend on the executor. Models with R code
+#' R's own thread; `fed_executor_ray()` trains them on a Ray cluster (warm
+#' workers that rebuild the model from its Keras config, so the model, loss
+#' and metrics must be Keras objects: an R loss cannot travel, and
+#' [fed_averaging()] says so). Results do not depend on the executor. Models with R code
 #' (a loss, metric or layer written in R) work with both: that code runs when
 #' the training graph is traced, which always happens on R's thread before
 #' any worker starts.
@@ -17,10 +20,33 @@
 #' @examplesIf fedr_available()
 #' fed_executor_threads(2)
 #' fed_executor_serial()
+#' \donttest{
+#' fed_executor_ray(num_cpus = 2)
+#' }
 fed_executor_threads <- function(workers = NULL) {
   if (!is.null(workers)) workers <- as_integer(workers, "workers")
   executors <- fedr_module("fedr.executors")
   new_fed_component(fedr_call(executors$threads(workers)), "fed_executor", "threads")
+}
+
+#' @rdname fed_executor_threads
+#' @param address For Ray: `NULL` starts a local Ray sized to this machine;
+#'   `"auto"` joins the cluster this machine belongs to (`ray start --head`,
+#'   `ray start --address=...`); `"ray://host:10001"` joins a remote one.
+#' @param num_cpus_per_client CPUs each Ray worker reserves.
+#' @param round_timeout Seconds a round waits for its clients on Ray; those
+#'   that have not answered are left out and reported (`num_clients_failed`).
+#' @param num_cpus CPUs of a local Ray (default: this machine's).
+#' @export
+fed_executor_ray <- function(address = NULL, num_cpus_per_client = 1, round_timeout = NULL, num_cpus = NULL) {
+  if (!is.null(address)) address <- check_string(address, "address")
+  executors <- fedr_module("fedr.executors")
+  py <- fedr_call(
+    executors$ray(address, num_cpus_per_client = num_cpus_per_client, round_timeout = round_timeout,
+                  num_cpus = if (is.null(num_cpus)) NULL else as_integer(num_cpus, "num_cpus")),
+    arg = c("address", "num_cpus_per_client", "round_timeout", "num_cpus")
+  )
+  new_fed_component(py, "fed_executor", "ray")
 }
 
 #' @rdname fed_executor_threads
@@ -75,7 +101,7 @@ as_executor <- function(executor) {
   }
   if (!inherits(executor, "fed_executor")) {
     fedr_abort(sprintf(
-      "`executor` must be fed_executor_threads() or fed_executor_serial(), not %s.", describe(executor)
+      "`executor` must be fed_executor_threads(), fed_executor_serial() or fed_executor_ray(), not %s.", describe(executor)
     ), "executor")
   }
   executor

@@ -1,7 +1,7 @@
 # The training history of fed_fit(): a data frame with print, plot and as.data.frame.
 
 # Columns of counts, not metrics: shown last, not plotted or averaged.
-count_columns <- c("num_examples", "num_clients", "num_clients_dropped")
+count_columns <- c("num_examples", "num_clients", "num_clients_dropped", "num_clients_failed")
 
 new_fed_history <- function(rows, state) {
   names_all <- unique(unlist(lapply(rows, names)))
@@ -67,6 +67,7 @@ format.fed_history <- function(x, ...) {
   if ("seconds" %in% names(df)) shown$seconds <- sprintf("%.2f", df$seconds)
   names(shown) <- short_metric_names(names(shown))
   names(shown)[names(shown) == "num_clients_dropped"] <- "dropped"
+  names(shown)[names(shown) == "num_clients_failed"] <- "failed"
   table <- utils::capture.output(print.data.frame(shown, row.names = FALSE))
   last <- df[n, metric_cols, drop = FALSE]
   final <- paste(sprintf("%s %.4f", short_metric_names(metric_cols), unlist(last)), collapse = ", ")

@@ -26,6 +26,12 @@
 #'   both: its R code runs only while the graphs are traced, on R's thread.
 #' @param aggregator How client updates are combined: `NULL` (the default) is
 #'   [fed_aggregator_mean()], the example-weighted mean.
+#' @param min_clients How many clients must return a usable update for a
+#'   round to count: a whole number, or a fraction (below 1) of the round's
+#'   clients. A client that fails (an error, a dead worker, no answer within
+#'   Ray's `round_timeout`) is left out, counted in `num_clients_failed` and
+#'   named in a warning; with fewer than `min_clients` left the round fails
+#'   and the state is unchanged.
 #' @returns A `fed_process` object, used by [fed_initialize()], [fed_next()],
 #'   [fed_fit()] and [fed_evaluate()].
 #' @section Whole model state:
@@ -46,7 +52,7 @@
 #' process <- fed_averaging(model, fed_optimizer("sgd", 0.02), fed_optimizer("sgd", 1))
 #' process
 fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, local_epochs = 1L,
-                          seed = NULL, executor = NULL, aggregator = NULL) {
+                          seed = NULL, executor = NULL, aggregator = NULL, min_clients = 1L) {
   if (!inherits(model, "fed_model")) {
     fedr_abort(sprintf("`model` must be a fed_model() object, not %s.", describe(model)), "model")
   }
@@ -60,8 +66,9 @@ fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, loca
   learning <- fedr_module("fedr.learning")
   py <- fedr_call(learning$build_weighted_fed_avg(
     model$py_fn, client, server,
-    local_epochs = local_epochs, seed = seed, executor = executor$py, aggregator = aggregator$py
-  ))
+    local_epochs = local_epochs, seed = seed, executor = executor$py, aggregator = aggregator$py,
+    min_clients = as_min_clients(min_clients)
+  ), arg = c("min_clients"))
   structure(
     list(
       py = py,
@@ -285,7 +292,7 @@ check_data <- function(data) {
 #' @param seed The sampling seed; `NULL` takes the process's `seed`.
 #' @returns A `fed_history`: a data frame with one row per round (`round`,
 #'   each metric, `num_examples`, `num_clients`, `num_clients_dropped`,
-#'   `seconds`) and the final state in `attr(, "state")`; it has `print()`,
+#'   `num_clients_failed`, `seconds`) and the final state in `attr(, "state")`; it has `print()`,
 #'   `plot()` and `as.data.frame()` methods.
 #' @section Failures:
 #' Clients whose update is not finite (NaN or Inf) are left out of their
@@ -363,6 +370,11 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients
   new_fed_history(rows, state)
 }
 
+# A count (whole number >= 1) or a fraction in (0, 1), for Python.
+as_min_clients <- function(x) {
+  if (is.numeric(x) && length(x) == 1L && !is.na(x) && x >= 1 && x == round(x)) as.integer(x) else x
+}
+
 # A failed round: the error again, carrying the finished rounds and their state.
 abort_with_history <- function(e, rows, state) {
   history <- new_fed_history(rows, state)
@@ -390,7 +402,11 @@ format_round <- function(round, metrics, seconds, width = 3L) {
   shown <- metrics[!names(metrics) %in% c(count_columns, "dp_noise_stddev")]
   parts <- sprintf("%s %.4f", short_metric_names(names(shown)), shown)
   dropped <- metrics[["num_clients_dropped"]] %||% 0
-  note <- if (dropped > 0) sprintf("  [%d client%s dropped]", as.integer(dropped), if (dropped == 1) "" else "s") else ""
+  failed <- metrics[["num_clients_failed"]] %||% 0
+  note <- paste0(
+    if (dropped > 0) sprintf("  [%d client%s dropped]", as.integer(dropped), if (dropped == 1) "" else "s") else "",
+    if (failed > 0) sprintf("  [%d client%s failed]", as.integer(failed), if (failed == 1) "" else "s") else ""
+  )
   sprintf("round %*d  %s  (%.2f s)%s", width, round, paste(parts, collapse = "  "), seconds, note)
 }
 

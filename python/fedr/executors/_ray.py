@@ -17,6 +17,7 @@ not answered in time are reported as failed and their actors replaced.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import weakref
@@ -82,6 +83,33 @@ class _ClientActor:
         return run_client(self.update, weights, flat, client, seed, aggregator, agg_state, context)
 
 
+def _own_libpython_first() -> None:
+    """Put this Python's library directory first on LD_LIBRARY_PATH, for Ray's child processes.
+
+    Embedded in R, the environment carries R's LD_LIBRARY_PATH, which lists the
+    system's libpython: Ray's raylet and workers (this Python, started as new
+    processes) would load that one and fail ("undefined symbol" in ``_ssl``).
+    """
+    import sysconfig
+
+    libdir = sysconfig.get_config_var("LIBDIR")
+    current = os.environ.get("LD_LIBRARY_PATH")
+    if libdir and current and current.split(":")[0] != libdir:
+        os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}"
+
+
+def _ray_error(err: BaseException) -> str:
+    """``Type: message`` of what went wrong in a Ray task, without Ray's colours and process listing."""
+    from fedr.learning.client_update import describe_error
+
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        err = cause
+    text = re.sub(r"\x1b\[[0-9;]*m", "", describe_error(err))
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("ray::")]
+    return lines[0] if lines else type(err).__name__
+
+
 class RayExecutor(Executor):
     """Runs client updates as tasks of warm Ray actors; see :func:`ray`."""
 
@@ -135,6 +163,7 @@ class RayExecutor(Executor):
         if not ray_.is_initialized():
             # Keep Ray from rewriting CUDA_VISIBLE_DEVICES on CPU actors (and from warning about it).
             os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+            _own_libpython_first()
             options: dict[str, Any] = {
                 "include_dashboard": False,
                 "log_to_driver": False,
@@ -215,12 +244,10 @@ class RayExecutor(Executor):
                 try:
                     results.append(ray_.get(ref))
                 except Exception as err:  # noqa: BLE001 - a worker that died for good, a task error
-                    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-                    results.append(ClientFailure(client.client_id, f"{type(err).__name__}: {first}"))
+                    results.append(ClientFailure(client.client_id, _ray_error(err)))
             if late_owners:
-                # Their queues hold the stragglers: replace those actors for the next round.
-                for ref in pending:
-                    ray_.cancel(ref, force=True)
+                # Their queues hold the stragglers: kill those actors (their tasks die
+                # with them) and start fresh ones for the next round.
                 self._kill_actors(ray_, sorted(late_owners))
                 cls = ray_.remote(_ClientActor).options(
                     num_cpus=self.num_cpus_per_client, max_restarts=self.max_restarts,

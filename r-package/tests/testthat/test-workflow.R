@@ -32,7 +32,7 @@ test_that("two rounds of fed_fit() learn, deterministically", {
   expect_match(messages, "^round   [12]  accuracy 0\\.\\d{4}  loss \\d\\.\\d{4}  \\(\\d+\\.\\d{2} s\\)\n$", all = TRUE)
   expect_length(messages, 2)
   expect_s3_class(history, c("fed_history", "data.frame"))
-  expect_identical(names(history), c("round", "sparse_categorical_accuracy", "loss", "num_examples", "num_clients", "num_clients_dropped", "seconds"))
+  expect_identical(names(history), c("round", "sparse_categorical_accuracy", "loss", "num_examples", "num_clients", "num_clients_dropped", "num_clients_failed", "seconds"))
   expect_identical(history$num_clients_dropped, c(0L, 0L))
   expect_identical(history$round, 1:2)
   expect_identical(history$num_examples, c(600L, 600L))
@@ -83,9 +83,9 @@ test_that("fed_history prints, plots and converts", {
   history <- fed_fit(process, clients, rounds = 2, verbose = FALSE)
   expect_output(print(history), paste0(
     "<fed_history> 2 rounds of federated training\n",
-    " round accuracy   loss num_examples num_clients dropped seconds\n",
-    "     1   0\\.\\d{4} \\d\\.\\d{4}          600           3       0 +\\d+\\.\\d{2}\n",
-    "     2   0\\.\\d{4} \\d\\.\\d{4}          600           3       0 +\\d+\\.\\d{2}\n",
+    " round accuracy   loss num_examples num_clients dropped failed seconds\n",
+    "     1   0\\.\\d{4} \\d\\.\\d{4}          600           3       0      0 +\\d+\\.\\d{2}\n",
+    "     2   0\\.\\d{4} \\d\\.\\d{4}          600           3       0      0 +\\d+\\.\\d{2}\n",
     "final: accuracy 0\\.\\d{4}, loss \\d\\.\\d{4}"
   ))
   plain <- as.data.frame(history)
