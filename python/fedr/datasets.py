@@ -41,6 +41,7 @@ from fedr._client_data import (
     _check_finite,
     _labels_1d,
     _positive_int,
+    _writable_by_caller,
     as_client_data,
     as_labels,
 )
@@ -280,29 +281,44 @@ def make_clients(
         alpha: Dirichlet concentration of ``"dirichlet"``.
 
     Returns:
-        One :class:`ClientData` per client, ids ``client_0`` ... Sequential clients
-        are views of one prepared array.
+        One :class:`ClientData` per client, ids ``client_0`` ... Whatever the
+        method, the clients' features are read-only views of ONE contiguous
+        float32 array holding the rows in client order (gathered once, not
+        copied per client), so memory grows with the data, not with the number
+        of clients: 10,000 clients cost about as much as 10.
 
     Raises:
         FedValueError: lengths differ or an argument is out of range.
     """
     batch_size = _positive_int(batch_size, "batch_size")
-    xs = prepare_images(x)
-    if not np.may_share_memory(xs, np.asarray(x)):
-        # A new array that clients view: read-only, so ClientData need not copy it.
-        xs.flags.writeable = False
+    x = np.asarray(x)
+    # Check the shape and dtype before splitting (no data is converted here).
+    prepare_images(x[:0] if x.ndim >= 2 else x)
     y = np.asarray(y)
-    if y.ndim == 0 or len(y) != len(xs):
-        raise FedValueError(f"`x` has {len(xs)} rows but `y` has shape {y.shape}")
+    if y.ndim == 0 or len(y) != len(x):
+        raise FedValueError(f"`x` has {len(x)} rows but `y` has shape {y.shape}")
     parts = split_indices(y, n_clients, method, seed=seed, alpha=alpha)
-    clients = []
-    for i, index in enumerate(parts):
-        # Contiguous ranges are sliced, so sequential clients share the prepared array.
-        rows = slice(int(index[0]), int(index[-1]) + 1) if method == "sequential" else index
-        clients.append(
-            ClientData(xs[rows], y[rows], batch_size=batch_size, client_id=f"client_{i}")
-        )
-    return clients
+    if method != "sequential":
+        # Gather the rows once, in client order (each client's own order kept),
+        # before converting: the raw rows (uint8 images) are the cheaper copy.
+        order = np.concatenate(parts)
+        x, y = x[order], y[order]
+    elif _writable_by_caller(x) and np.may_share_memory(prepare_images(x[:1]), x[:1]):
+        # The caller could still write the rows the clients would view: one copy
+        # for all clients (ClientData would otherwise copy each client's rows).
+        x = x.copy()
+    xs = prepare_images(x)
+    # Read-only, and so is every array behind it (all made here, or already
+    # read-only), so ClientData keeps views of it without copying.
+    base: Any = xs
+    while isinstance(base, np.ndarray):
+        base.flags.writeable = False
+        base = base.base
+    bounds = np.cumsum([0] + [len(index) for index in parts]).tolist()
+    return [
+        ClientData(xs[a:b], y[a:b], batch_size=batch_size, client_id=f"client_{i}")
+        for i, (a, b) in enumerate(pairwise(bounds))
+    ]
 
 
 def make_federated_data(

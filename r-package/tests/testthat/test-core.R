@@ -210,7 +210,7 @@ test_that("seed, executor and aggregator arguments are checked", {
   model <- fed_model(keras_model_fn())
   sgd <- fed_optimizer("sgd", 0.02)
   expect_error(fed_averaging(model, sgd, seed = -1), "`seed` must be an integer >= 0", class = "fedr_error")
-  expect_error(fed_averaging(model, sgd, executor = "threads"), "`executor` must be fed_executor_threads\\(\\) or fed_executor_serial\\(\\)", class = "fedr_error")
+  expect_error(fed_averaging(model, sgd, executor = "threads"), "`executor` must be fed_executor_threads\\(\\), fed_executor_serial\\(\\) or fed_executor_ray\\(\\)", class = "fedr_error")
   expect_error(fed_averaging(model, sgd, aggregator = mean), "`aggregator` must be an aggregator such as fed_aggregator_mean\\(\\)", class = "fedr_error")
   expect_error(fed_executor_threads(0), "`workers` must be a positive integer", class = "fedr_error")
   expect_error(fed_aggregator_mean(NA), "`weighted` must be TRUE or FALSE", class = "fedr_error")
