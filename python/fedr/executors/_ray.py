@@ -35,9 +35,10 @@ _WORKER_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 class _ClientActor:
-    """A Ray actor: one compiled model replica, the clients' data it has seen (an LRU of ClientData)."""
+    """A Ray actor: one compiled model replica, and the clients' data it has seen (an LRU bounded in bytes)."""
 
-    def __init__(self, spec: Any, optimizer: dict[str, Any], local_epochs: int, cache_size: int = 256) -> None:
+    def __init__(self, spec: Any, optimizer: dict[str, Any], local_epochs: int,
+                 cache_bytes: int = 512 * 2**20) -> None:
         for key, value in _WORKER_ENV.items():
             os.environ.setdefault(key, value)
         import keras
@@ -48,7 +49,8 @@ class _ClientActor:
             spec.build(), keras.saving.deserialize_keras_object(optimizer), local_epochs=local_epochs
         )
         self._data: OrderedDict[str, Any] = OrderedDict()
-        self._cache_size = cache_size
+        self._bytes = 0
+        self._cache_bytes = cache_bytes
 
     def pid(self) -> int:
         """The actor's process id (tests kill it)."""
@@ -62,25 +64,31 @@ class _ClientActor:
         if client is None:
             client = ray_.get(ref)  # numpy arrays come zero-copy from the object store
             self._data[key] = client
-            if len(self._data) > self._cache_size:
-                self._data.popitem(last=False)
+            self._bytes += client.x.nbytes + client.y.nbytes
+            while self._bytes > self._cache_bytes and len(self._data) > 1:
+                _, old = self._data.popitem(last=False)
+                self._bytes -= old.x.nbytes + old.y.nbytes
         else:
             self._data.move_to_end(key)
         return client
 
-    def train(self, shared: Any, data: list[Any], seed: Any, delay: float = 0.0) -> Any:
-        """Run one client's round; ``data`` wraps the ClientData's object reference (not resolved by Ray)."""
+    def train(self, shared: Any, jobs: list[tuple[list[Any], Any, float]]) -> list[Any]:
+        """Run a chunk of clients' rounds; each job wraps a ClientData's object reference (not resolved by Ray)."""
         from fedr.learning.client_update import ClientFailure, describe_error, run_client
 
         weights, flat, aggregator, agg_state, context = shared
-        client = self._client(data[0])
-        if delay:
-            time.sleep(delay)
-        try:
-            self.update.prepare(client, train=True)
-        except Exception as err:  # noqa: BLE001 - the client's failure
-            return ClientFailure(client.client_id, describe_error(err))
-        return run_client(self.update, weights, flat, client, seed, aggregator, agg_state, context)
+        results = []
+        for data, seed, delay in jobs:
+            client = self._client(data[0])
+            if delay:
+                time.sleep(delay)
+            try:
+                self.update.prepare(client, train=True)
+            except Exception as err:  # noqa: BLE001 - the client's failure
+                results.append(ClientFailure(client.client_id, describe_error(err)))
+                continue
+            results.append(run_client(self.update, weights, flat, client, seed, aggregator, agg_state, context))
+        return results
 
 
 def _own_libpython_first() -> None:
@@ -224,27 +232,37 @@ class RayExecutor(Executor):
             ray_ = self._ray()
             self._ensure_actors(ray_, job, len(job.clients))
             shared = ray_.put((job.weights, job.flat, job.aggregator, job.aggregator_state, job.context))
+            # Clients go out in chunks, about four per actor and round, so that
+            # thousands of tiny clients do not cost a remote call each; each
+            # chunk goes to one actor, in client order.
+            n, actors = len(job.clients), len(self._actors)
+            size = max(1, -(-n // (4 * actors)))
+            chunks = [list(range(start, min(start + size, n))) for start in range(0, n, size)]
             refs, owners = [], []
-            for i, (client, seed) in enumerate(zip(job.clients, job.seeds, strict=True)):
-                owner = i % len(self._actors)
-                delay = self._delays.get(client.client_id, 0.0)
-                refs.append(self._actors[owner].train.remote(shared, [self._ref(ray_, client)], seed, delay))
+            for k, chunk in enumerate(chunks):
+                owner = k % actors
+                jobs = [
+                    ([self._ref(ray_, job.clients[i])], job.seeds[i], self._delays.get(job.clients[i].client_id, 0.0))
+                    for i in chunk
+                ]
+                refs.append(self._actors[owner].train.remote(shared, jobs))
                 owners.append(owner)
             ready, pending = ray_.wait(refs, num_returns=len(refs), timeout=self.round_timeout)
             done = set(ready)
             results: list[Any] = []
             late_owners = set()
-            for ref, owner, client in zip(refs, owners, job.clients, strict=True):
+            for ref, owner, chunk in zip(refs, owners, chunks, strict=True):
+                ids = [job.clients[i].client_id for i in chunk]
                 if ref not in done:
                     late_owners.add(owner)
-                    results.append(ClientFailure(
-                        client.client_id, f"TimeoutError: no answer within round_timeout = {self.round_timeout:g} s"
-                    ))
+                    results.extend(ClientFailure(
+                        cid, f"TimeoutError: no answer within round_timeout = {self.round_timeout:g} s"
+                    ) for cid in ids)
                     continue
                 try:
-                    results.append(ray_.get(ref))
+                    results.extend(ray_.get(ref))
                 except Exception as err:  # noqa: BLE001 - a worker that died for good, a task error
-                    results.append(ClientFailure(client.client_id, _ray_error(err)))
+                    results.extend(ClientFailure(cid, _ray_error(err)) for cid in ids)
             if late_owners:
                 # Their queues hold the stragglers: kill those actors (their tasks die
                 # with them) and start fresh ones for the next round.
