@@ -5,7 +5,7 @@ VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 RLIB := $(ROOT)/.Rlib
 APT_PACKAGES := r-base-core r-base-dev r-cran-reticulate r-cran-testthat r-cran-roxygen2 r-cran-cli \
-	r-cran-withr libpcre2-dev libblas-dev liblapack-dev dataset-fashion-mnist python3-venv build-essential
+	r-cran-withr r-cran-ggplot2 libpcre2-dev libblas-dev liblapack-dev dataset-fashion-mnist python3-venv build-essential
 export RETICULATE_PYTHON := $(PY)
 export R_LIBS_USER := $(RLIB)
 export FEDR_PYTHON := $(PY)

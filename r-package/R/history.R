@@ -90,12 +90,47 @@ as.data.frame.fed_history <- function(x, row.names = NULL, optional = FALSE, ...
 }
 
 #' @rdname fed_history
+#' @param engine For `plot()`: `"auto"` (ggplot2 when installed, else base
+#'   graphics), `"ggplot2"` or `"base"`; the option `fedr.plot_engine` sets
+#'   the default.
 #' @export
-plot.fed_history <- function(x, metrics = NULL, ...) {
+plot.fed_history <- function(x, metrics = NULL, ..., engine = getOption("fedr.plot_engine", "auto")) {
+  engine <- check_string(engine, "engine", c("auto", "ggplot2", "base"))
   df <- as.data.frame(x)
+  metrics <- history_metrics(df, metrics)
+  use_ggplot <- engine == "ggplot2" || (engine == "auto" && requireNamespace("ggplot2", quietly = TRUE))
+  if (use_ggplot) {
+    if (!requireNamespace("ggplot2", quietly = TRUE)) {
+      fedr_abort("`engine` \"ggplot2\" needs the ggplot2 package (Debian: r-cran-ggplot2).", "engine")
+    }
+    print(history_ggplot(df, metrics))
+    return(invisible(x))
+  }
+  old <- graphics::par(mfrow = c(1L, length(metrics)), mar = c(4, 4, 2.5, 1))
+  on.exit(graphics::par(old), add = TRUE)
+  for (metric in metrics) {
+    val <- paste0("val_", metric)
+    has_val <- val %in% names(df)
+    range_y <- range(c(df[[metric]], if (has_val) df[[val]]), na.rm = TRUE)
+    graphics::plot(df$round, df[[metric]],
+      type = "o", pch = 19, cex = 0.6, col = "steelblue4", ylim = range_y,
+      xlab = "round", ylab = short_metric_names(metric), main = short_metric_names(metric), ...
+    )
+    if (has_val) {
+      graphics::lines(df$round, df[[val]], type = "o", pch = 17, cex = 0.6, col = "darkorange3")
+      graphics::legend("topright", c("training", "validation"), col = c("steelblue4", "darkorange3"),
+                       pch = c(19, 17), lty = 1, bty = "n", cex = 0.8)
+    }
+    graphics::grid(col = "grey85")
+  }
+  invisible(x)
+}
+
+# The metrics to draw: by default the accuracy, the loss and (when accounted) epsilon;
+# validation columns go with their training metric.
+history_metrics <- function(df, metrics) {
   if (is.null(metrics)) {
-    accuracy <- grep("accuracy", names(df), value = TRUE)
-    # The privacy budget spent, when the process accounts it.
+    accuracy <- grep("accuracy", setdiff(names(df), grep("^val_", names(df), value = TRUE)), value = TRUE)
     metrics <- c(utils::head(accuracy, 1L), intersect(c("loss", "epsilon"), names(df)))
   }
   missing_cols <- setdiff(metrics, names(df))
@@ -105,14 +140,48 @@ plot.fed_history <- function(x, metrics = NULL, ...) {
       paste(setdiff(names(df), "round"), collapse = ", ")
     ), "metrics")
   }
-  old <- graphics::par(mfrow = c(1L, length(metrics)), mar = c(4, 4, 2.5, 1))
-  on.exit(graphics::par(old), add = TRUE)
-  for (metric in metrics) {
-    graphics::plot(df$round, df[[metric]],
-      type = "o", pch = 19, cex = 0.6, col = "steelblue4",
-      xlab = "round", ylab = short_metric_names(metric), main = short_metric_names(metric), ...
-    )
-    graphics::grid(col = "grey85")
-  }
-  invisible(x)
+  metrics
 }
+
+# One facet per metric, training and validation as two lines.
+history_ggplot <- function(df, metrics) {
+  long <- do.call(rbind, lapply(metrics, function(metric) {
+    parts <- list(data.frame(round = df$round, metric = short_metric_names(metric), value = df[[metric]], set = "training"))
+    val <- paste0("val_", metric)
+    if (val %in% names(df)) {
+      parts[[2]] <- data.frame(round = df$round, metric = short_metric_names(metric), value = df[[val]], set = "validation")
+    }
+    do.call(rbind, parts)
+  }))
+  long$metric <- factor(long$metric, levels = unique(short_metric_names(metrics)))
+  ggplot2::ggplot(long, ggplot2::aes(x = .data$round, y = .data$value, colour = .data$set)) +
+    ggplot2::geom_line() +
+    ggplot2::geom_point(size = 1.2) +
+    ggplot2::facet_wrap(~metric, scales = "free_y") +
+    ggplot2::scale_colour_manual(values = c(training = "steelblue4", validation = "darkorange3")) +
+    ggplot2::labs(x = "round", y = NULL, colour = NULL) +
+    ggplot2::theme_minimal()
+}
+
+#' ggplot2 plot of a training history
+#'
+#' With ggplot2 installed, `ggplot2::autoplot(history)` returns the plot of a
+#' [fed_history] as a ggplot object, one facet per metric, training and
+#' validation (`val_` columns) as two lines.
+#'
+#' @param object A `fed_history`.
+#' @param metrics The columns to draw; by default the accuracy, the loss and
+#'   `epsilon` when the process accounts a privacy budget.
+#' @param ... Unused.
+#' @returns A ggplot object.
+#' @family workflow
+#' @exportS3Method ggplot2::autoplot
+autoplot.fed_history <- function(object, metrics = NULL, ...) {
+  if (!requireNamespace("ggplot2", quietly = TRUE)) {
+    fedr_abort("autoplot() needs the ggplot2 package (Debian: r-cran-ggplot2).")
+  }
+  history_ggplot(as.data.frame(object), history_metrics(as.data.frame(object), metrics))
+}
+
+# `.data` for ggplot2's aes() without a global-variable NOTE.
+utils::globalVariables(".data")

@@ -290,6 +290,17 @@ check_data <- function(data) {
 #'   as differential privacy's accounting assumes; an empty sample skips the
 #'   round with a warning).
 #' @param seed The sampling seed; `NULL` takes the process's `seed`.
+#' @param validation_data Held-out clients (a `fed_data`): after each round
+#'   the new state is evaluated on them ([fed_evaluate()]) and the metrics
+#'   join the history as `val_` columns (`val_loss`, `val_...accuracy`),
+#'   drawn next to the training metrics by `plot()`.
+#' @param patience Early stopping: stop when `monitor` has not improved for
+#'   this many rounds (`NULL`: train all `rounds`).
+#' @param monitor The metric early stopping watches; default `"val_loss"`
+#'   with `validation_data`, else `"loss"`. Losses must fall; accuracy, AUC,
+#'   precision and recall must rise.
+#' @param restore_best With early stopping, the history's state is the best
+#'   round's (its number in `attr(, "best_round")`), not the last.
 #' @returns A `fed_history`: a data frame with one row per round (`round`,
 #'   each metric, `num_examples`, `num_clients`, `num_clients_dropped`,
 #'   `num_clients_failed`, `seconds`) and the final state in `attr(, "state")`; it has `print()`,
@@ -317,7 +328,8 @@ check_data <- function(data) {
 #' history <- fed_fit(process, clients, rounds = 2)
 #' history
 fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients_per_round = NULL,
-                    sampling = c("uniform", "poisson"), seed = NULL) {
+                    sampling = c("uniform", "poisson"), seed = NULL, validation_data = NULL,
+                    patience = NULL, monitor = NULL, restore_best = TRUE) {
   check_process(process)
   check_data(data)
   if (missing(rounds)) fedr_abort("`rounds` is missing.", "rounds")
@@ -330,6 +342,10 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients
       fedr_abort(sprintf("`clients_per_round` (%d) must not exceed the number of clients (%d).", clients_per_round, length(data)), "clients_per_round")
     }
   }
+  if (!is.null(validation_data) && !inherits(validation_data, "fed_data")) {
+    fedr_abort(sprintf("`validation_data` must be NULL or a fed_data object, not %s.", describe(validation_data)), "validation_data")
+  }
+  stopping <- early_stopping(patience, monitor, restore_best, validation = !is.null(validation_data))
   seed <- as_seed(seed %||% process$seed)
   state <- if (is.null(state)) fed_initialize(process) else as_state(state)
   all_data <- data
@@ -351,7 +367,16 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients
         next
       }
     }
-    result <- tryCatch(fed_next(process, state, data), error = function(e) {
+    result <- tryCatch({
+      out <- fed_next(process, state, data)
+      if (!is.null(validation_data)) {
+        # Federated evaluation of the new state on held-out clients: val_ columns.
+        val <- fed_evaluate(process, out$state, validation_data)
+        val <- val[!names(val) %in% c("num_examples", "num_clients")]
+        out$metrics <- c(out$metrics, stats::setNames(val, paste0("val_", names(val))))
+      }
+      out
+    }, error = function(e) {
       if (show_bar) cli::cli_progress_done(id = bar)
       abort_with_history(e, rows, state)
     }, interrupt = function(e) {
@@ -365,9 +390,61 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients
       cli::cli_verbatim(format_round(state$round, result$metrics, seconds))
     }
     if (show_bar) cli::cli_progress_update(id = bar)
+    if (!is.null(stopping)) {
+      stopping <- stopping_update(stopping, result$metrics, state)
+      if (stopping$wait >= stopping$patience) {
+        if (verbose) {
+          cli::cli_verbatim(sprintf(
+            "early stopping: %s has not improved for %d round%s (best %.4f in round %d)",
+            stopping$monitor, stopping$patience, if (stopping$patience == 1L) "" else "s",
+            stopping$best, stopping$best_state$round
+          ))
+        }
+        break
+      }
+    }
   }
   if (show_bar) cli::cli_progress_done(id = bar)
-  new_fed_history(rows, state)
+  final <- if (!is.null(stopping) && stopping$restore_best && !is.null(stopping$best_state)) stopping$best_state else state
+  history <- new_fed_history(rows, final)
+  if (!is.null(stopping)) attr(history, "best_round") <- stopping$best_state$round
+  history
+}
+
+# Early stopping on a metric of the history (keras3's callback_early_stopping, as arguments).
+early_stopping <- function(patience, monitor, restore_best, validation) {
+  if (is.null(patience)) {
+    if (!is.null(monitor)) fedr_abort("`monitor` needs `patience`: the rounds to wait for an improvement.", "monitor")
+    return(NULL)
+  }
+  patience <- as_integer(patience, "patience")
+  restore_best <- check_flag(restore_best, "restore_best")
+  monitor <- check_string(monitor %||% if (validation) "val_loss" else "loss", "monitor")
+  if (startsWith(monitor, "val_") && !validation) {
+    fedr_abort(sprintf("`monitor` is \"%s\" but no `validation_data` was given.", monitor), "monitor")
+  }
+  # Losses and errors go down; accuracy, AUC, precision and recall go up.
+  maximize <- grepl("accuracy|auc|precision|recall", monitor)
+  list(patience = patience, monitor = monitor, restore_best = restore_best, maximize = maximize,
+       best = if (maximize) -Inf else Inf, best_state = NULL, wait = 0L)
+}
+
+stopping_update <- function(stopping, metrics, state) {
+  if (!stopping$monitor %in% names(metrics)) {
+    fedr_abort(sprintf(
+      "`monitor` \"%s\" is not a metric of the round (%s).", stopping$monitor, paste(names(metrics), collapse = ", ")
+    ), "monitor")
+  }
+  value <- metrics[[stopping$monitor]]
+  better <- if (stopping$maximize) value > stopping$best else value < stopping$best
+  if (isTRUE(better)) {
+    stopping$best <- value
+    stopping$best_state <- state
+    stopping$wait <- 0L
+  } else {
+    stopping$wait <- stopping$wait + 1L
+  }
+  stopping
 }
 
 # A count (whole number >= 1) or a fraction in (0, 1), for Python.
