@@ -9,6 +9,26 @@
 #' a `.venv` folder in the working directory or one of its parents (the one
 #' that `make setup` creates in the fedr repository).
 #'
+#' @section Options:
+#' * `fedr.python`: the Python to use (see above).
+#' * `fedr.verbose`: `FALSE` (the default) keeps sessions quiet: when the
+#'   package loads, and unless the environment variable `TF_CPP_MIN_LOG_LEVEL`
+#'   is already set, fedr sets it to `"2"`, so TensorFlow's C++ INFO and
+#'   WARNING lines (`cpu_feature_guard`, `oneDNN custom operations`, absl's
+#'   "All log messages before absl::InitializeLog() ..." preamble) are not
+#'   printed; errors still are. `TRUE`, set before TensorFlow first loads
+#'   (before `library(fedr)`, or before fedr first uses Python), leaves
+#'   TensorFlow's logging as it is. A `TF_CPP_MIN_LOG_LEVEL` you set yourself
+#'   always wins.
+#'
+#' When the working directory is inside a Python project whose
+#' `pyproject.toml` is not a Poetry project (such as the fedr repository),
+#' fedr also sets the option `reticulate.poetry.project` (unless it is set) to
+#' a folder without one, so that reticulate's Poetry lookup, which comes first
+#' when reticulate picks a Python, does not warn that the file "could not be
+#' parsed"; reticulate picks the same Python as without it.
+#'
+#' @seealso [fedr_error] for the conditions fedr signals.
 #' @keywords internal
 "_PACKAGE"
 
@@ -19,9 +39,13 @@ fedr_py <- NULL
 .fedr <- new.env(parent = emptyenv())
 
 .onLoad <- function(libname, pkgname) {
+  # Before anything can load TensorFlow: a reticulate::import("keras") the
+  # user makes first also starts it, so this cannot wait for before_load.
+  fedr_quiet_tensorflow()
+  fedr_quiet_poetry()
   fedr_py <<- reticulate::import("fedr", delay_load = list(
     before_load = function() fedr_use_python(),
-    on_error = function(e) fedr_abort(fedr_missing_message(conditionMessage(e)))
+    on_error = function(e) fedr_abort(fedr_missing_message(conditionMessage(e)), class = "fedr_error_python")
   ))
   # A preference, not a start: Python stays down, but a `reticulate::import()`
   # the user makes first (e.g. of keras) then also lands on fedr's Python.
@@ -84,7 +108,7 @@ fedr_python <- function() {
 # Stop with an install hint unless the core imports.
 fedr_require <- function() {
   ok <- fedr_available()
-  if (!isTRUE(ok)) fedr_abort(fedr_missing_message(attr(ok, "reason")))
+  if (!isTRUE(ok)) fedr_abort(fedr_missing_message(attr(ok, "reason")), class = "fedr_error_python")
   invisible(TRUE)
 }
 
@@ -139,12 +163,13 @@ fedr_use_python <- function() {
   if (reticulate::py_available(initialize = FALSE)) {
     return(invisible(NULL))
   }
+  fedr_quiet_tensorflow()
   python <- fedr_find_python()
   if (is.null(python)) {
     return(invisible(NULL))
   }
   if (!file.exists(python)) {
-    fedr_abort(paste0("Python not found at '", python, "'"))
+    fedr_abort(paste0("Python not found at '", python, "'"), class = "fedr_error_python")
   }
   # RETICULATE_PYTHON wins over use_python() in reticulate, so set it while
   # Python starts and put the user's value back afterwards.
@@ -153,4 +178,72 @@ fedr_use_python <- function() {
   Sys.setenv(RETICULATE_PYTHON = python)
   reticulate::py_config()
   invisible(python)
+}
+
+# TensorFlow's C++ logging reads TF_CPP_MIN_LOG_LEVEL from the process
+# environment when it first logs, so it must be set before TensorFlow loads
+# (Sys.setenv() changes the environment the embedded Python and TensorFlow's
+# C++ code read). Level 2 drops INFO and WARNING lines, and with them absl's
+# "All log messages before absl::InitializeLog()" preamble, printed with the
+# first of them; errors remain. A value the user set wins; with
+# `options(fedr.verbose = TRUE)` (set before Python starts) fedr takes back
+# its own value. Called at load and again just before fedr starts Python.
+fedr_quiet_tensorflow <- function() {
+  verbose <- isTRUE(getOption("fedr.verbose", FALSE))
+  if (isTRUE(.fedr$tf_log_level_set)) {
+    if (verbose && identical(Sys.getenv("TF_CPP_MIN_LOG_LEVEL"), "2")) {
+      Sys.unsetenv("TF_CPP_MIN_LOG_LEVEL")
+      .fedr$tf_log_level_set <- FALSE
+    }
+    return(invisible(!verbose))
+  }
+  if (verbose || nzchar(Sys.getenv("TF_CPP_MIN_LOG_LEVEL"))) {
+    return(invisible(FALSE))
+  }
+  Sys.setenv(TF_CPP_MIN_LOG_LEVEL = "2")
+  .fedr$tf_log_level_set <- TRUE
+  invisible(TRUE)
+}
+
+# reticulate (1.28) picks a Python by looking, before use_python() and its
+# other sources, for a Poetry project: the pyproject.toml of the project root
+# (here::here()). It parses that file with RcppTOML and, when RcppTOML cannot
+# parse it (fedr's own, with its `"" = "python"` key, is such a file), warns
+# "This project contains a 'pyproject.toml' file, but it could not be parsed"
+# whatever the file is for. Only a `[tool.poetry]` table makes it a Poetry
+# project; without one reticulate goes on to the same Python either way. So
+# when no pyproject.toml from `start` up to the root mentions `tool.poetry`,
+# point reticulate's lookup (its option reticulate.poetry.project) at a
+# folder without a pyproject.toml; an option the user set is kept.
+fedr_quiet_poetry <- function(start = getwd()) {
+  if (!is.null(getOption("reticulate.poetry.project"))) {
+    return(invisible(FALSE))
+  }
+  found <- FALSE
+  dir <- normalizePath(start, mustWork = FALSE)
+  repeat {
+    file <- file.path(dir, "pyproject.toml")
+    if (file.exists(file)) {
+      found <- TRUE
+      lines <- tryCatch(readLines(file, warn = FALSE), error = function(e) "tool.poetry")
+      if (any(grepl("tool\\.[\"']?poetry", lines))) {
+        return(invisible(FALSE))
+      }
+    }
+    parent <- dirname(dir)
+    if (identical(parent, dir)) break
+    dir <- parent
+  }
+  if (!found) {
+    return(invisible(FALSE))
+  }
+  options(reticulate.poetry.project = fedr_no_project_dir())
+  invisible(TRUE)
+}
+
+# An empty folder of this session: a project without a pyproject.toml.
+fedr_no_project_dir <- function() {
+  dir <- file.path(tempdir(), "fedr-no-pyproject")
+  dir.create(dir, showWarnings = FALSE)
+  dir
 }

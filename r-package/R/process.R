@@ -464,8 +464,10 @@ abort_with_history <- function(e, rows, state) {
   } else {
     "No round of this call finished; the state passed in is unchanged."
   }
+  # Keep the subclass of the error that ended the round (fedr_error_input, fedr_error_python).
+  classes <- unique(c(grep("^fedr_error_", class(e), value = TRUE), "fedr_error", "error", "condition"))
   cnd <- structure(
-    class = c("fedr_error", "error", "condition"),
+    class = classes,
     list(
       message = paste0(sprintf("Round %d failed: ", state$round + 1L), conditionMessage(e), "\n", kept),
       call = NULL, arg = e$arg, python_type = e$python_type, history = history, parent = e

@@ -1,9 +1,58 @@
 # Errors, argument checks and conversions at the R/Python boundary.
 
-# Signal an error of class `fedr_error`; `arg` names the offending argument.
-fedr_abort <- function(message, arg = NULL, python_type = NULL) {
+#' Errors signalled by fedr
+#'
+#' Every error fedr signals has class `fedr_error` (and `error`,
+#' `condition`); most also have one of two subclasses, so code can tell bad
+#' input from a failure in the Python core:
+#'
+#' * `fedr_error_input`: a bad argument or bad data. Signalled by fedr's
+#'   argument checks in R (before Python sees the value) and for the Python
+#'   core's `ValueError` and `TypeError` (fedr's `FedValueError` and
+#'   `FedTypeError`), e.g. a client without examples or a value of the wrong
+#'   type. Class `c("fedr_error_input", "fedr_error", "error", "condition")`.
+#' * `fedr_error_python`: any other failure in the Python core (another Python
+#'   exception, e.g. a TensorFlow error), or the core is not available. Class
+#'   `c("fedr_error_python", "fedr_error", "error", "condition")`.
+#'
+#' The condition object carries `message`, `arg` (the name of the R argument
+#' at fault, or `NULL` when no single argument is) and `python_type` (the
+#' Python exception type, e.g. `"ValueError"`, or `NULL` for errors raised in
+#' R). Python tracebacks are left out of the message; see
+#' [reticulate::py_last_error()] for them.
+#'
+#' @name fedr_error
+#' @aliases fedr_error_input fedr_error_python
+#' @examples
+#' tryCatch(
+#'   fed_load_dataset("mnist"),
+#'   fedr_error_input = function(e) paste("bad argument:", e$arg),
+#'   fedr_error_python = function(e) paste("the core failed:", conditionMessage(e))
+#' )
+NULL
+
+# The class vector of a fedr error: `fedr_error_input` for bad arguments and
+# data (an R-side check naming `arg`, or a Python ValueError / TypeError),
+# `fedr_error_python` for other Python exceptions (a `python_type` that is
+# not one of those, or NA: an error that came back from a Python call without
+# a recognisable type), plain `fedr_error` otherwise. `class` forces one.
+fedr_error_class <- function(arg = NULL, python_type = NULL, class = NULL) {
+  if (is.null(class)) {
+    class <- if (!is.null(python_type)) {
+      if (isTRUE(python_type %in% c("ValueError", "TypeError"))) "fedr_error_input" else "fedr_error_python"
+    } else if (!is.null(arg)) {
+      "fedr_error_input"
+    }
+  }
+  unique(c(class, "fedr_error", "error", "condition"))
+}
+
+# Signal a `fedr_error` (see ?fedr_error); `arg` names the offending argument,
+# `python_type` the Python exception behind it, `class` forces a subclass
+# (e.g. "fedr_error_python"); by default it follows from `arg`/`python_type`.
+fedr_abort <- function(message, arg = NULL, python_type = NULL, class = NULL) {
   cnd <- structure(
-    class = c("fedr_error", "error", "condition"),
+    class = fedr_error_class(arg, python_type, class),
     list(message = message, call = NULL, arg = arg, python_type = python_type)
   )
   stop(cnd)

@@ -7,6 +7,62 @@ test_that("fedr_abort() signals a fedr_error naming the argument", {
   expect_identical(conditionMessage(err), "`rounds` is bad.")
 })
 
+test_that("condition classes: input for arguments and data, python for the core", {
+  # An R-side check: fedr_error_input, naming the argument.
+  err <- tryCatch(fedr:::as_integer(0, "rounds"), error = identity)
+  expect_identical(class(err), c("fedr_error_input", "fedr_error", "error", "condition"))
+  expect_identical(err$arg, "rounds")
+  expect_null(err$python_type)
+  caught <- tryCatch(fed_load_dataset("mnist"), fedr_error_input = function(e) e$arg)
+  expect_identical(caught, "name")
+  # Without an argument or a Python type: plain fedr_error; `class` forces one.
+  plain <- tryCatch(fedr:::fedr_abort("odd"), error = identity)
+  expect_identical(class(plain), c("fedr_error", "error", "condition"))
+  expect_null(plain$arg)
+  forced <- tryCatch(fedr:::fedr_abort("no core", class = "fedr_error_python"), error = identity)
+  expect_identical(class(forced), c("fedr_error_python", "fedr_error", "error", "condition"))
+  # The class follows the Python type.
+  cls <- fedr:::fedr_error_class
+  expect_identical(cls(NULL, "ValueError"), c("fedr_error_input", "fedr_error", "error", "condition"))
+  expect_identical(cls("x", "TypeError")[[1]], "fedr_error_input")
+  expect_identical(cls("x", "RuntimeError")[[1]], "fedr_error_python")
+  expect_identical(cls(NULL, NA_character_)[[1]], "fedr_error_python")
+})
+
+test_that("Python errors through fedr_call() get fedr_error_input or fedr_error_python", {
+  skip_if_no_fedr()
+  raise <- function(code) reticulate::py_run_string(code, local = TRUE)
+  # A Python ValueError, with and without an R argument to name.
+  err <- tryCatch(fedr:::fedr_call(raise("raise ValueError('must be positive')"), arg = "rounds"), error = identity)
+  expect_identical(class(err), c("fedr_error_input", "fedr_error", "error", "condition"))
+  expect_identical(err$arg, "rounds")
+  expect_identical(err$python_type, "ValueError")
+  expect_identical(conditionMessage(err), "`rounds`: must be positive")
+  err <- tryCatch(fedr:::fedr_call(raise("raise TypeError('expected float32')")), error = identity)
+  expect_identical(class(err), c("fedr_error_input", "fedr_error", "error", "condition"))
+  expect_null(err$arg)
+  # fedr's own FedValueError is a ValueError.
+  err <- tryCatch(fedr:::fedr_call(raise("from fedr.errors import FedValueError\nraise FedValueError('client_3: has no examples')")), error = identity)
+  expect_identical(class(err), c("fedr_error_input", "fedr_error", "error", "condition"))
+  expect_identical(err$python_type, "ValueError")
+  # Any other Python exception: fedr_error_python, `arg` still carried.
+  err <- tryCatch(fedr:::fedr_call(raise("raise RuntimeError('the core broke')")), error = identity)
+  expect_identical(class(err), c("fedr_error_python", "fedr_error", "error", "condition"))
+  expect_null(err$arg)
+  expect_identical(err$python_type, "RuntimeError")
+  expect_identical(conditionMessage(err), "RuntimeError: the core broke")
+  err <- tryCatch(fedr:::fedr_call(raise("raise KeyError('w')"), arg = "weights"), error = identity)
+  expect_identical(class(err), c("fedr_error_python", "fedr_error", "error", "condition"))
+  expect_identical(err$arg, "weights")
+  # A real core call: a bad value from R comes back as fedr_error_input.
+  caught <- tryCatch(
+    fedr:::as_py_labels(c(0, 1.5), 2L, "y"),
+    fedr_error_python = function(e) "python",
+    fedr_error_input = function(e) e$arg
+  )
+  expect_identical(caught, "y")
+})
+
 test_that("as_integer() accepts whole numbers and names the argument otherwise", {
   expect_identical(fedr:::as_integer(3, "rounds"), 3L)
   expect_identical(fedr:::as_integer(0, "seed", min = 0L), 0L)
