@@ -7,7 +7,8 @@
 #' Python is found in this order: the option `fedr.python`, the environment
 #' variable `FEDR_PYTHON`, the environment variable `RETICULATE_PYTHON`, then
 #' a `.venv` folder in the working directory or one of its parents (the one
-#' that `make setup` creates in the fedr repository).
+#' that `make setup` creates in the fedr repository), then the environment
+#' [install_fedr()] creates (`r-fedr` under `reticulate::virtualenv_root()`).
 #'
 #' @section Options:
 #' * `fedr.python`: the Python to use (see above).
@@ -127,9 +128,10 @@ fedr_missing_message <- function(reason = NULL) {
   paste0(
     "The fedr Python core is not available",
     if (length(reason) && nzchar(reason)) paste0(": ", reason) else "",
-    ".\nInstall it with `make setup` in the fedr repository (it creates `.venv`),",
-    " then point R at that Python with `options(fedr.python = \"<repo>/.venv/bin/python\")`",
-    " or the environment variable FEDR_PYTHON, before fedr first uses Python."
+    ".\nInstall it from R with `install_fedr()` (then restart R), or with `make setup` in the fedr",
+    " repository (it creates `.venv`) and point R at that Python with",
+    " `options(fedr.python = \"<repo>/.venv/bin/python\")` or the environment variable FEDR_PYTHON,",
+    " before fedr first uses Python."
   )
 }
 
@@ -152,10 +154,13 @@ fedr_find_python <- function(start = getwd()) {
     }
     parent <- dirname(dir)
     if (identical(parent, dir)) {
-      return(NULL)
+      break
     }
     dir <- parent
   }
+  # Last, the environment install_fedr() makes.
+  python <- file.path(fedr_env_path("r-fedr"), "bin", "python")
+  if (file.exists(python)) python else NULL
 }
 
 # Initialise reticulate on the Python fedr chose; a no-op once Python runs.
