@@ -21,7 +21,7 @@ if [ -z "${FEDR_PYTHON:-}" ] && [ -z "${RETICULATE_PYTHON:-}" ] && [ -x "$root/.
 fi
 
 cd "$work"
-R CMD build --no-build-vignettes "$root/r-package"
+R CMD build "$root/r-package"   # builds the vignette (eval = FALSE without the Python core)
 tarball=$(ls fedr_*.tar.gz)
 status=0
 R CMD check --no-manual "$tarball" || status=$?
