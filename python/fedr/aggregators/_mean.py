@@ -106,6 +106,16 @@ class Aggregator(abc.ABC):
         """
 
 
+def _weighted_mean(outputs: Sequence[ClientResult], weights: Sequence[float]) -> np.ndarray:
+    """The weighted mean of the outputs' deltas, added in client order (the same whatever the timing)."""
+    if not outputs:
+        raise FedValueError("outputs: expected at least one client output, got none")
+    accumulator = WeightedMeanAccumulator(int(outputs[0].delta.size))
+    for out, weight in zip(outputs, weights, strict=True):
+        accumulator.add(out.delta, weight)
+    return accumulator.result()
+
+
 class Mean(Aggregator):
     """The mean of client updates, weighted by example count or not (C++ kernel)."""
 
@@ -122,13 +132,8 @@ class Mean(Aggregator):
         seed: np.random.SeedSequence | None = None,
         context: Any = None,
     ) -> AggregateResult:
-        if not outputs:
-            raise FedValueError("outputs: expected at least one client output, got none")
-        accumulator = WeightedMeanAccumulator(int(outputs[0].delta.size))
-        # Added in client order, so the sum is the same whatever the timing.
-        for out in outputs:
-            accumulator.add(out.delta, float(out.num_examples) if self.weighted else 1.0)
-        return AggregateResult(state, accumulator.result(), {})
+        weights = [float(out.num_examples) if self.weighted else 1.0 for out in outputs]
+        return AggregateResult(state, _weighted_mean(outputs, weights), {})
 
     def __repr__(self) -> str:
         return f"mean(weighted={self.weighted})"
@@ -145,13 +150,8 @@ class Sum(Aggregator):
         seed: np.random.SeedSequence | None = None,
         context: Any = None,
     ) -> AggregateResult:
-        if not outputs:
-            raise FedValueError("outputs: expected at least one client output, got none")
-        accumulator = WeightedMeanAccumulator(int(outputs[0].delta.size))
-        for out in outputs:
-            accumulator.add(out.delta, 1.0)
         # The kernel's mean (float64 sums) times the count is the sum.
-        total = accumulator.result().astype(np.float64) * len(outputs)
+        total = _weighted_mean(outputs, [1.0] * len(outputs)).astype(np.float64) * len(outputs)
         return AggregateResult(state, total.astype(np.float32), {})
 
     def __repr__(self) -> str:
