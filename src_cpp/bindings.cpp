@@ -121,14 +121,13 @@ std::size_t thread_count(py::ssize_t num_threads) {
   return static_cast<std::size_t>(num_threads);
 }
 
-py::array_t<float> weighted_mean(const py::object& updates, const py::object& weights,
-                                 py::ssize_t num_threads) {
-  const std::size_t threads = thread_count(num_threads);
+// The K rows of `updates` (a (K, N) float32 C-contiguous matrix, or a list
+// or tuple of K such 1-D arrays) as pointers, without copying; `keep` holds
+// the arrays alive while the GIL is released. Throws on K = 0.
+std::vector<const float*> update_rows(const py::object& updates, std::vector<FloatArray>& keep,
+                                      std::size_t& n) {
   std::vector<const float*> rows;
-  std::size_t n = 0;
-  // Holds the row arrays alive (and their buffers unmoved) while the GIL is released.
-  std::vector<FloatArray> keep;
-
+  n = 0;
   if (py::isinstance<py::array>(updates)) {
     FloatArray m = as_float32(updates, "updates");
     if (m.ndim() != 2) {
@@ -141,31 +140,42 @@ py::array_t<float> weighted_mean(const py::object& updates, const py::object& we
     rows.resize(k);
     for (std::size_t i = 0; i < k; ++i) rows[i] = m.data() + i * n;
     keep.push_back(std::move(m));
-  } else if (py::isinstance<py::list>(updates) || py::isinstance<py::tuple>(updates)) {
-    auto seq = py::reinterpret_borrow<py::sequence>(updates);
-    const std::size_t k = seq.size();
-    if (k == 0) fail("updates is empty (K=0); need at least one update");
-    rows.resize(k);
-    keep.reserve(k);
-    for (std::size_t i = 0; i < k; ++i) {
-      const std::string name = "updates[" + std::to_string(i) + "]";
-      FloatArray x = as_float32(seq[i], name);
-      if (x.ndim() != 1) fail(name + " must be 1-D, got shape " + shape_str(x));
-      const auto len = static_cast<std::size_t>(x.shape(0));
-      if (i == 0) {
-        n = len;
-      } else if (len != n) {
-        fail("updates are ragged: updates[0] has shape (" + std::to_string(n) + ",) but " +
-             name + " has shape " + shape_str(x));
-      }
-      rows[i] = x.data();
-      keep.push_back(std::move(x));
-    }
-  } else {
+    return rows;
+  }
+  if (!py::isinstance<py::list>(updates) && !py::isinstance<py::tuple>(updates)) {
     throw py::type_error(
         "updates must be a 2-D float32 numpy array or a list of 1-D float32 arrays, got " +
         py::str(py::type::of(updates).attr("__name__")).cast<std::string>());
   }
+  auto seq = py::reinterpret_borrow<py::sequence>(updates);
+  const std::size_t k = seq.size();
+  if (k == 0) fail("updates is empty (K=0); need at least one update");
+  rows.resize(k);
+  keep.reserve(k);
+  for (std::size_t i = 0; i < k; ++i) {
+    const std::string name = "updates[" + std::to_string(i) + "]";
+    FloatArray x = as_float32(seq[i], name);
+    if (x.ndim() != 1) fail(name + " must be 1-D, got shape " + shape_str(x));
+    const auto len = static_cast<std::size_t>(x.shape(0));
+    if (i == 0) {
+      n = len;
+    } else if (len != n) {
+      fail("updates are ragged: updates[0] has shape (" + std::to_string(n) + ",) but " + name +
+           " has shape " + shape_str(x));
+    }
+    rows[i] = x.data();
+    keep.push_back(std::move(x));
+  }
+  return rows;
+}
+
+py::array_t<float> weighted_mean(const py::object& updates, const py::object& weights,
+                                 py::ssize_t num_threads) {
+  const std::size_t threads = thread_count(num_threads);
+  std::size_t n = 0;
+  // Holds the row arrays alive (and their buffers unmoved) while the GIL is released.
+  std::vector<FloatArray> keep;
+  const std::vector<const float*> rows = update_rows(updates, keep, n);
 
   const std::vector<double> w = as_weights(weights, rows.size());
   py::array_t<float> out(static_cast<py::ssize_t>(n));
@@ -275,53 +285,6 @@ class WeightedMeanAccumulator {
 
 // --- robust aggregators (robust.hpp) ---------------------------------------
 
-// The K rows of `updates` (a (K, N) float32 C-contiguous matrix, or a list
-// or tuple of K such 1-D arrays) as pointers, without copying; `keep` holds
-// the arrays alive while the GIL is released. Throws on K = 0.
-std::vector<const float*> update_rows(const py::object& updates, std::vector<FloatArray>& keep,
-                                      std::size_t& n) {
-  std::vector<const float*> rows;
-  n = 0;
-  if (py::isinstance<py::array>(updates)) {
-    FloatArray m = as_float32(updates, "updates");
-    if (m.ndim() != 2) {
-      fail("updates must be a 2-D (K, N) array or a list of K 1-D arrays, got shape " +
-           shape_str(m));
-    }
-    const auto k = static_cast<std::size_t>(m.shape(0));
-    n = static_cast<std::size_t>(m.shape(1));
-    if (k == 0) fail("updates is empty (shape " + shape_str(m) + "); need at least one update");
-    rows.resize(k);
-    for (std::size_t i = 0; i < k; ++i) rows[i] = m.data() + i * n;
-    keep.push_back(std::move(m));
-    return rows;
-  }
-  if (!py::isinstance<py::list>(updates) && !py::isinstance<py::tuple>(updates)) {
-    throw py::type_error(
-        "updates must be a 2-D float32 numpy array or a list of 1-D float32 arrays, got " +
-        py::str(py::type::of(updates).attr("__name__")).cast<std::string>());
-  }
-  auto seq = py::reinterpret_borrow<py::sequence>(updates);
-  const std::size_t k = seq.size();
-  if (k == 0) fail("updates is empty (K=0); need at least one update");
-  rows.resize(k);
-  keep.reserve(k);
-  for (std::size_t i = 0; i < k; ++i) {
-    const std::string name = "updates[" + std::to_string(i) + "]";
-    FloatArray x = as_float32(seq[i], name);
-    if (x.ndim() != 1) fail(name + " must be 1-D, got shape " + shape_str(x));
-    const auto len = static_cast<std::size_t>(x.shape(0));
-    if (i == 0) {
-      n = len;
-    } else if (len != n) {
-      fail("updates are ragged: updates[0] has shape (" + std::to_string(n) + ",) but " + name +
-           " has shape " + shape_str(x));
-    }
-    rows[i] = x.data();
-    keep.push_back(std::move(x));
-  }
-  return rows;
-}
 
 // Throws naming the first (row, column) of `rows` that is NaN (or, with
 // `finite`, not finite). Only runs on the error path.

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from fedr.aggregators._weighted_mean import WeightedMeanAccumulator
+from fedr.aggregators._weighted_mean import weighted_mean
 from fedr.errors import FedTypeError, FedValueError
 
 __all__ = ["AggregateResult", "Aggregator", "ClientResult", "Mean", "Sum", "mean", "sum_"]
@@ -106,14 +106,16 @@ class Aggregator(abc.ABC):
         """
 
 
-def _weighted_mean(outputs: Sequence[ClientResult], weights: Sequence[float]) -> np.ndarray:
-    """The weighted mean of the outputs' deltas, added in client order (the same whatever the timing)."""
+def deltas(outputs: Sequence[ClientResult]) -> list[np.ndarray]:
+    """The outputs' deltas, in client order; FedValueError for a round without outputs."""
     if not outputs:
         raise FedValueError("outputs: expected at least one client output, got none")
-    accumulator = WeightedMeanAccumulator(int(outputs[0].delta.size))
-    for out, weight in zip(outputs, weights, strict=True):
-        accumulator.add(out.delta, weight)
-    return accumulator.result()
+    return [out.delta for out in outputs]
+
+
+def _weighted_mean(outputs: Sequence[ClientResult], weights: Sequence[float]) -> np.ndarray:
+    """The weighted mean of the outputs' deltas (C++ kernel), summed in client order."""
+    return weighted_mean(deltas(outputs), weights)
 
 
 class Mean(Aggregator):

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fedr.aggregators._mean import AggregateResult, Aggregator, ClientResult, NamedArrays
+from fedr.aggregators._mean import AggregateResult, Aggregator, ClientResult, NamedArrays, deltas
 from fedr.aggregators._weighted_mean import (
     HAVE_KERNEL,
     Backend,
@@ -354,12 +354,6 @@ def pairwise_sq_distances(updates: Updates, *, backend: Backend = "auto") -> np.
 # --- aggregators -----------------------------------------------------------------
 
 
-def _deltas(outputs: Sequence[ClientResult]) -> list[np.ndarray]:
-    if not outputs:
-        raise FedValueError("outputs: expected at least one client output, got none")
-    return [out.delta for out in outputs]
-
-
 class Median(Aggregator):
     """The coordinate-wise median of the clients' updates (C++ kernel)."""
 
@@ -371,7 +365,7 @@ class Median(Aggregator):
         seed: np.random.SeedSequence | None = None,
         context: Any = None,
     ) -> AggregateResult:
-        return AggregateResult(state, coordinate_median(_deltas(outputs)), {})
+        return AggregateResult(state, coordinate_median(deltas(outputs)), {})
 
     def __repr__(self) -> str:
         return "median()"
@@ -391,9 +385,9 @@ class TrimmedMean(Aggregator):
         seed: np.random.SeedSequence | None = None,
         context: Any = None,
     ) -> AggregateResult:
-        deltas = _deltas(outputs)
-        update = coordinate_trimmed_mean(deltas, self.beta)
-        return AggregateResult(state, update, {"trimmed_per_side": float(math.floor(self.beta * len(deltas)))})
+        updates = deltas(outputs)
+        update = coordinate_trimmed_mean(updates, self.beta)
+        return AggregateResult(state, update, {"trimmed_per_side": float(math.floor(self.beta * len(updates)))})
 
     def __repr__(self) -> str:
         return f"trimmed_mean(beta={self.beta})"
@@ -414,15 +408,15 @@ class Krum(Aggregator):
         seed: np.random.SeedSequence | None = None,
         context: Any = None,
     ) -> AggregateResult:
-        deltas = _deltas(outputs)
+        updates = deltas(outputs)
         # Checked before the distances so that too few clients fail fast.
-        _check_krum_clients(self.num_byzantine, len(deltas))
-        selected = _krum_select(pairwise_sq_distances(deltas), self.num_byzantine, self.num_selected)
+        _check_krum_clients(self.num_byzantine, len(updates))
+        selected = _krum_select(pairwise_sq_distances(updates), self.num_byzantine, self.num_selected)
         if len(selected) == 1:
-            update = np.array(deltas[selected[0]], dtype=np.float32, copy=True)
+            update = np.array(updates[selected[0]], dtype=np.float32, copy=True)
         else:
             counts = [float(outputs[i].num_examples) for i in selected]
-            update = weighted_mean([deltas[i] for i in selected], counts)
+            update = weighted_mean([updates[i] for i in selected], counts)
         return AggregateResult(state, update, {"krum_selected": float(len(selected))})
 
     def __repr__(self) -> str:

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fedr import _seeds
-from fedr.aggregators import Aggregator, WeightedMeanAccumulator, check_aggregator
+from fedr.aggregators import Aggregator, check_aggregator, weighted_mean
 from fedr.datasets import ClientData, as_client_data
 from fedr.errors import FedError, FedTypeError, FedValueError, FedWarning
 from fedr.executors import Executor, threads
@@ -519,10 +519,8 @@ class FedAvgProcess:
         averaged = self._first.averaged
         if not averaged or not self.aggregator.averages_non_trainable:
             return tuple(values)
-        accumulator = WeightedMeanAccumulator(int(kept[0].non_trainable.size))
-        for out in kept:
-            accumulator.add(out.non_trainable, float(out.num_examples))
-        mean, start = accumulator.result(), 0
+        mean = weighted_mean([o.non_trainable for o in kept], [float(o.num_examples) for o in kept])
+        start = 0
         for i in averaged:
             ref = values[i]
             values[i] = mean[start : start + ref.size].reshape(ref.shape).astype(ref.dtype)
