@@ -27,7 +27,9 @@ from fedr.errors import FedValueError
 from fedr.learning.model import Model
 from fedr.learning.state import ModelWeights
 
-__all__ = ["ClientFailure", "ClientOutput", "ClientUpdate", "client_tensors", "describe_error", "run_client"]
+__all__ = [
+    "ClientFailure", "ClientOutput", "ClientUpdate", "apply_client_step", "client_tensors", "describe_error", "run_client",
+]
 
 
 _TENSORS: weakref.WeakKeyDictionary[ClientData, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()
@@ -326,17 +328,33 @@ class ClientUpdate:
 
     # ------------------------------------------------------------------ calls
 
-    def _non_trainable(self, weights: ModelWeights, seed: np.random.SeedSequence | None) -> list[np.ndarray]:
+    def seed_words(self, seed: np.random.SeedSequence) -> np.ndarray:
+        """The uint32 words the model's random generators take from a client's seed (two per generator).
+
+        A remote node gets these words rather than the seed: the seed's
+        entropy holds the process's base seed, which must stay on the server
+        (it also seeds differential privacy's noise).
+        """
+        return seed.generate_state(2 * len(self.seeded), np.uint32)
+
+    def _non_trainable(self, weights: ModelWeights, seed: np.random.SeedSequence | np.ndarray | None) -> list[np.ndarray]:
         values = list(weights.non_trainable)
         if seed is not None and self.seeded:
+            words = seed if isinstance(seed, np.ndarray) else self.seed_words(seed)
+            if words.shape != (2 * len(self.seeded),):
+                raise FedValueError(
+                    f"seed: the model has {len(self.seeded)} random generators and takes "
+                    f"{2 * len(self.seeded)} seed words, got {words.shape[0] if words.ndim == 1 else words.shape}"
+                )
             # Keras seeds are pairs of int64 holding 32-bit values.
-            draws = seed.generate_state(2 * len(self.seeded), np.uint32).astype(np.int64) >> 1
+            draws = words.astype(np.uint32).astype(np.int64) >> 1
             for k, i in enumerate(self.seeded):
                 values[i] = draws[2 * k : 2 * k + 2].astype(values[i].dtype)
         return values
 
     def train(
-        self, weights: ModelWeights, flat: np.ndarray, client: ClientData, seed: np.random.SeedSequence | None
+        self, weights: ModelWeights, flat: np.ndarray, client: ClientData,
+        seed: np.random.SeedSequence | np.ndarray | None,
     ) -> ClientOutput:
         """Train on ``client`` from ``weights`` for the local epochs; one graph call.
 
@@ -344,8 +362,8 @@ class ClientUpdate:
             weights: The server's model weights.
             flat: ``weights.flat_trainable()``, computed once per round.
             client: The client's data (checked with :meth:`check` beforehand).
-            seed: The client's seed for this round; sets every random generator
-                of the model (Dropout and others).
+            seed: The client's seed for this round, or its :meth:`seed_words`;
+                sets every random generator of the model (Dropout and others).
         """
         delta, stats, count, metrics, loss_sum, finite = self._train(
             flat, self._non_trainable(weights, seed), *client_tensors(client)
@@ -389,11 +407,19 @@ def run_client(
     client: one failing client does not fail the round.
     """
     try:
-        out = replica.train(weights, flat, client, seed)
-        if out.finite:
-            out = out._replace(delta=aggregator.client_step(
-                agg_state, out.delta, client_id=client.client_id, num_examples=out.num_examples, context=context,
-            ))
-        return out
+        return apply_client_step(replica.train(weights, flat, client, seed), aggregator, agg_state, context)
     except Exception as err:  # noqa: BLE001 - reported as the client's failure
         return ClientFailure(client.client_id, describe_error(err))
+
+
+def apply_client_step(out: ClientOutput, aggregator: Any, agg_state: Any, context: Any) -> ClientOutput:
+    """The aggregator's client step (clip, mask, ...) on a finite output; non-finite outputs pass as they are.
+
+    In-process and Ray workers call it in the client's task (:func:`run_client`);
+    with Flower nodes the server calls it when a node's update arrives.
+    """
+    if not out.finite:
+        return out
+    return out._replace(delta=aggregator.client_step(
+        agg_state, out.delta, client_id=out.client_id, num_examples=out.num_examples, context=context,
+    ))

@@ -277,7 +277,14 @@ class ModelSpec:
         """Build a fresh :class:`Model` from the spec (new weights; the state supplies the values)."""
         import keras
 
-        keras_model = keras.saving.deserialize_keras_object(self.model)
+        if self.model.get("class_name") == "Sequential":
+            # A Sequential built in code places its variables under its name
+            # ("sequential/dense/kernel"); from a config Keras builds them
+            # outside it ("dense/kernel"). Same scope, same names as the original.
+            with keras.name_scope(self.model.get("config", {}).get("name", "sequential")):
+                keras_model = keras.saving.deserialize_keras_object(self.model)
+        else:
+            keras_model = keras.saving.deserialize_keras_object(self.model)
         if not keras_model.built:
             keras_model.build((None, *self.feature_shape))
         loss = keras.saving.deserialize_keras_object(self.loss)

@@ -44,9 +44,12 @@ __all__ = [
     "FedAvgProcess",
     "FederatedEvaluation",
     "LearningProcessOutput",
+    "ProcessSpec",
+    "RoundPlan",
     "build_fed_eval",
     "build_federated_averaging_process",
     "build_weighted_fed_avg",
+    "combine_metrics",
     "sample_clients",
     "sample_clients_poisson",
 ]
@@ -73,6 +76,47 @@ class RoundJob(NamedTuple):
     aggregator: Aggregator
     aggregator_state: Any
     context: Any
+
+
+class RoundPlan(NamedTuple):
+    """A started round (:meth:`FedAvgProcess.begin_round`): what its clients need and what finishing it needs."""
+
+    state: ServerState
+    round_num: int
+    client_ids: tuple[str, ...]
+    seeds: tuple[np.random.SeedSequence, ...]
+    context: Any
+
+
+class ProcessSpec(NamedTuple):
+    """A :class:`FedAvgProcess` as data (Keras configs, the aggregator object, numbers): no user code.
+
+    What a Flower ServerApp needs to run the process an R or Python session
+    built (:meth:`FedAvgProcess.to_spec`); picklable.
+    """
+
+    model: Any  # fedr.learning.model.ModelSpec
+    client_optimizer: dict[str, Any]
+    server_optimizer: dict[str, Any]
+    local_epochs: int
+    aggregator: Aggregator
+    seed: int | None
+    min_clients: int | float
+
+    def build(self, executor: Executor | None = None) -> FedAvgProcess:
+        """Build the process again (with ``executor``, default threads)."""
+        import keras
+
+        def client_optimizer() -> Any:
+            return keras.saving.deserialize_keras_object(self.client_optimizer)
+
+        def server_optimizer() -> Any:
+            return keras.saving.deserialize_keras_object(self.server_optimizer)
+
+        return FedAvgProcess(
+            self.model.build, client_optimizer, server_optimizer, local_epochs=self.local_epochs,
+            aggregator=self.aggregator, executor=executor, seed=self.seed, min_clients=self.min_clients,
+        )
 
 
 class LearningProcessOutput(NamedTuple):
@@ -111,7 +155,7 @@ def _build_optimizer(fn: Callable[[], Any], argument: str) -> Any:
     return optimizer
 
 
-def _combine(names: list[str], per_client: Sequence[tuple[np.ndarray, float, int]]) -> dict[str, float]:
+def combine_metrics(names: list[str], per_client: Sequence[tuple[np.ndarray, float, int]]) -> dict[str, float]:
     """Example-weighted mean of client metrics; the loss over all examples."""
     counts = np.array([c for _, _, c in per_client], dtype=np.float64)
     total = counts.sum()
@@ -208,14 +252,14 @@ def _clients(data: Any, argument: str) -> list[ClientData]:
     return clients
 
 
-def _client_seeds(base: int, round_num: int, clients: Sequence[ClientData]) -> list[np.random.SeedSequence]:
+def _client_seeds(base: int, round_num: int, client_ids: Sequence[str]) -> list[np.random.SeedSequence]:
     """Each client's seed from (seed, round, client id); a repeated id also counts its repeats."""
     seen: dict[str, int] = {}
     seeds = []
-    for client in clients:
-        repeat = seen.get(client.client_id, 0)
-        seen[client.client_id] = repeat + 1
-        seeds.append(_seeds.derive(base, _seeds.CLIENT, round_num, _seeds.client_key(client.client_id), repeat))
+    for client_id in client_ids:
+        repeat = seen.get(client_id, 0)
+        seen[client_id] = repeat + 1
+        seeds.append(_seeds.derive(base, _seeds.CLIENT, round_num, _seeds.client_key(client_id), repeat))
     return seeds
 
 
@@ -293,7 +337,7 @@ class FederatedEvaluation:
             return self._replicas.run(lambda r: r.evaluate(weights, flat, client))
 
         results = self._executor.map(evaluate, clients)
-        return _combine(self._replicas.first.model.metric_names, results)
+        return combine_metrics(self._replicas.first.model.metric_names, results)
 
 
 class FedAvgProcess:
@@ -426,19 +470,12 @@ class FedAvgProcess:
             self._first.check(client)
         if not self._remote:
             self._replicas.prepare(clients, train=True)
-        round_num = state.round_num + 1
+        plan = self.begin_round(state, [c.client_id for c in clients])
         weights, flat = state.model, state.flat_weights
-        aggregator, agg_state = self.aggregator, state.aggregator_state
-        # Before any client trains: the aggregator may refuse the round (a privacy budget).
-        context = aggregator.start_round(
-            agg_state, [c.client_id for c in clients],
-            seed=_seeds.derive(self._base_seed, _seeds.AGGREGATE, round_num, 0),
-        )
-
-        seeds = _client_seeds(self._base_seed, round_num, clients)
+        aggregator, agg_state, context = self.aggregator, state.aggregator_state, plan.context
         if self._remote:
             results = self.executor.run_round(RoundJob(
-                self._spec, self._optimizer_config, self.local_epochs, weights, flat, clients, seeds,
+                self._spec, self._optimizer_config, self.local_epochs, weights, flat, clients, list(plan.seeds),
                 aggregator, agg_state, context,
             ))
         else:
@@ -448,7 +485,52 @@ class FedAvgProcess:
                     lambda r: run_client(r, weights, flat, client, seed, aggregator, agg_state, context)
                 )
 
-            results = self.executor.map(update, list(zip(clients, seeds, strict=True)))
+            results = self.executor.map(update, list(zip(clients, plan.seeds, strict=True)))
+        return self.finish_round(plan, results, stacklevel=3)
+
+    def begin_round(self, state: ServerState, client_ids: Sequence[str]) -> RoundPlan:
+        """Start a round for ``client_ids`` whose updates run elsewhere; :meth:`next` is both halves.
+
+        For executors whose clients hold their own data (Flower nodes): the
+        aggregator's ``start_round`` (which may refuse the round) runs here,
+        and each client gets its seed from (seed, round, client id). Run the
+        clients' updates (:func:`~fedr.learning.client_update.apply_client_step`
+        on each finite output), then call :meth:`finish_round`.
+
+        Raises:
+            FedTypeError, FedValueError: a bad state, no clients, or the aggregator refused the round.
+        """
+        self.check_state(state)
+        ids = [str(c) for c in client_ids]
+        if not ids:
+            raise FedValueError("client_ids: expected at least one client, got none")
+        round_num = state.round_num + 1
+        context = self.aggregator.start_round(
+            state.aggregator_state, ids, seed=_seeds.derive(self._base_seed, _seeds.AGGREGATE, round_num, 0),
+        )
+        return RoundPlan(state, round_num, tuple(ids), tuple(_client_seeds(self._base_seed, round_num, ids)), context)
+
+    def seed_words(self, seed: np.random.SeedSequence) -> np.ndarray:
+        """The draws a client's model takes from its seed (what a remote node needs, not the seed itself)."""
+        return self._first.seed_words(seed)
+
+    def finish_round(
+        self, plan: RoundPlan, results: Sequence[ClientOutput | ClientFailure], *, stacklevel: int = 2
+    ) -> LearningProcessOutput:
+        """Aggregate a round's client results (one per client of ``plan``, in its order) into the next state.
+
+        Failed clients are left out and named (:class:`ClientsFailedWarning`),
+        non-finite updates dropped (:class:`ClientsDroppedWarning`); with fewer
+        than ``min_clients`` usable updates the round raises and ``plan.state``
+        stays the last good state.
+        """
+        state, round_num, context = plan.state, plan.round_num, plan.context
+        weights, flat = state.model, state.flat_weights
+        aggregator, agg_state = self.aggregator, state.aggregator_state
+        if len(results) != len(plan.client_ids):
+            raise FedValueError(
+                f"round {round_num}: expected {len(plan.client_ids)} client results, got {len(results)}"
+            )
         failed = [r for r in results if isinstance(r, ClientFailure)]
         outputs = [r for r in results if not isinstance(r, ClientFailure)]
         kept = [out for out in outputs if out.finite]
@@ -459,12 +541,13 @@ class FedAvgProcess:
                 f"diverged ({len(dropped)} client(s): {', '.join(dropped)}); lower the client learning "
                 "rate and start again from this round's state"
             )
-        needed = self.min_clients if isinstance(self.min_clients, int) else math.ceil(self.min_clients * len(clients))
-        needed = max(1, min(needed, len(clients)))
+        n_clients = len(plan.client_ids)
+        needed = self.min_clients if isinstance(self.min_clients, int) else math.ceil(self.min_clients * n_clients)
+        needed = max(1, min(needed, n_clients))
         if len(kept) < needed:
             parts = [f"{f.client_id} ({f.error})" for f in failed] + [f"{d} (non-finite update)" for d in dropped]
             raise FedValueError(
-                f"round {round_num}: only {len(kept)} of {len(clients)} clients returned a usable update, "
+                f"round {round_num}: only {len(kept)} of {n_clients} clients returned a usable update, "
                 f"fewer than min_clients = {needed}; left out: {'; '.join(parts)}. The state is unchanged"
             )
         if failed:
@@ -472,14 +555,14 @@ class FedAvgProcess:
                 f"round {round_num}: {len(failed)} client(s) failed and were left out: "
                 + "; ".join(f"{f.client_id}: {f.error}" for f in failed),
                 ClientsFailedWarning,
-                stacklevel=2,
+                stacklevel=stacklevel,
             )
         if dropped:
             warnings.warn(
                 f"round {round_num}: {len(dropped)} client(s) left out of the aggregate because their "
                 f"update was not finite (NaN or Inf): {', '.join(dropped)}",
                 ClientsDroppedWarning,
-                stacklevel=2,
+                stacklevel=stacklevel,
             )
         result = aggregator.aggregate(
             agg_state, kept, seed=_seeds.derive(self._base_seed, _seeds.AGGREGATE, round_num), context=context
@@ -507,11 +590,36 @@ class FedAvgProcess:
                 "training diverged: lower the client or server learning rate. The state passed in is unchanged"
             )
         new_state = ServerState(model, opt_state, result.state, round_num)
-        metrics = _combine(self._metric_names, [(o.metrics, o.loss_sum, o.num_examples) for o in kept])
+        metrics = combine_metrics(self._metric_names, [(o.metrics, o.loss_sum, o.num_examples) for o in kept])
         metrics["num_clients_dropped"] = len(dropped)
         metrics["num_clients_failed"] = len(failed)
         metrics.update(result.metrics)
         return LearningProcessOutput(new_state, metrics)
+
+    def to_spec(self) -> ProcessSpec:
+        """This process as plain data (:class:`ProcessSpec`), to rebuild it in another process or machine.
+
+        Raises:
+            FedTypeError: the model, its loss or metrics, or an optimizer cannot
+                be serialised (a loss or layer written in R or Python); the
+                message names which.
+        """
+        import keras
+
+        return ProcessSpec(
+            model_spec(self._first.model),
+            _optimizer_config(self._first.optimizer),
+            keras.saving.serialize_keras_object(self.server.optimizer),
+            self.local_epochs,
+            self.aggregator,
+            self.seed,
+            self.min_clients,
+        )
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The model's metric names, in the order of ``ClientOutput.metrics``."""
+        return list(self._metric_names)
 
     def _aggregate_non_trainable(self, weights: ModelWeights, kept: list[ClientOutput]) -> tuple[np.ndarray, ...]:
         """Float non-trainable variables: the example-weighted mean of the clients' values."""

@@ -1,0 +1,251 @@
+"""A node's side of a fedr federation: its data from the node config, and the ClientApp's handlers.
+
+A SuperNode is started with a node config that says where its data is
+(``flower-supernode --node-config "data='/data/site_a.rds'"``); no Python code
+of the node's owner is needed. The ClientApp rebuilds the model the server
+describes (Keras configs, see :mod:`fedr.flower._messages`), trains it with
+fedr's client update (:class:`fedr.learning.ClientUpdate`, the same as
+in-process and on Ray) and replies with the update, or with a failure that
+names what went wrong.
+
+Node config keys:
+
+``data``
+    A path: an R ``.rds`` file (a matrix or data frame with a label column,
+    or ``list(x =, y =)``, read by R through rpy2, see :mod:`fedr.rdata`), a
+    ``.npz`` file with arrays ``x`` and ``y``, a ``.csv`` file with a header
+    and a label column, or a folder of an MNIST-like dataset (IDX or ``.npz``
+    files, see :func:`fedr.datasets.load_dataset`).
+``client-id``
+    The client's name in the federation (default: the file's name without
+    its extension). Names must differ between nodes; the server orders its
+    clients by name.
+``label``
+    The label column of a CSV file, data frame or matrix (default ``label``).
+``rows``
+    ``"a:b"``: only rows a to b-1 of the data (e.g. one client's share of a dataset).
+``dataset`` / ``split``
+    For a folder: ``fashion_mnist`` (default) or ``kmnist``; ``train`` (default) or ``test``.
+``batch-size``
+    Rows per batch (default 100, the reference workflow's).
+``eval-data``
+    Optional held-out data for federated evaluation, in any of the same
+    formats (default: the node evaluates on ``data``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fedr.datasets import ClientData, prepare_images
+from fedr.errors import FedTypeError, FedValueError
+from fedr.flower import _messages as wire
+
+__all__ = ["load_node_data"]
+
+_LOCK = threading.Lock()
+_DATA: dict[tuple[Any, ...], ClientData] = {}
+_REPLICAS: dict[tuple[str, str, int], Any] = {}
+
+
+def _rows(value: Any, n: int) -> slice:
+    if value in (None, ""):
+        return slice(0, n)
+    try:
+        a, b = (int(p) for p in str(value).split(":"))
+    except ValueError:
+        raise FedValueError(f"node config `rows`: expected 'a:b' (e.g. '0:6000'), got {value!r}") from None
+    if not 0 <= a < b <= n:
+        raise FedValueError(f"node config `rows`: {a}:{b} is outside the data's {n} rows")
+    return slice(a, b)
+
+
+def _features(x: np.ndarray) -> np.ndarray:
+    """Images (integer pixels, n x h x w) become flat [0, 1] rows, as in-process; floats are kept."""
+    if np.issubdtype(x.dtype, np.integer) and x.ndim >= 3:
+        return prepare_images(x)
+    return np.ascontiguousarray(x, np.float32)
+
+
+def _read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray]:
+    import csv
+
+    with open(path, newline="") as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        raise FedValueError(f"node data {path!r}: the CSV file is empty")
+    header = [h.strip() for h in header]
+    if label not in header:
+        raise FedValueError(f"node data {path!r}: no label column {label!r} (columns: {', '.join(header)})")
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+    except ValueError as err:
+        raise FedTypeError(f"node data {path!r}: every column must be numeric ({err})") from None
+    if table.shape[1] != len(header):
+        raise FedValueError(f"node data {path!r}: rows have {table.shape[1]} values but the header {len(header)}")
+    j = header.index(label)
+    return np.delete(table, j, axis=1).astype(np.float32), table[:, j]
+
+
+def load_node_data(config: Mapping[str, Any], key: str = "data") -> ClientData:
+    """The node's :class:`ClientData` described by its node config (see the module's doc for the keys).
+
+    Raises:
+        FedValueError: no ``data`` key, an unknown format, a bad ``rows`` or label column.
+        FileNotFoundError: the path does not exist.
+    """
+    path = config.get(key)
+    if not path:
+        raise FedValueError(
+            f"node config `{key}`: missing; start the node with --node-config \"{key}='/path/to/data.rds'\""
+        )
+    path = os.path.expanduser(str(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"node config `{key}`: no file or folder at {path!r}")
+    label = str(config.get("label") or "label")
+    batch_size = int(config.get("batch-size") or 100)
+    stem = os.path.splitext(os.path.basename(path.rstrip(os.sep)))[0]
+    client_id = str(config.get("client-id") or stem)
+    cache_key = (path, os.path.getmtime(path), label, batch_size, client_id, str(config.get("rows") or ""),
+                 str(config.get("dataset") or ""), str(config.get("split") or ""))
+    with _LOCK:
+        if cache_key in _DATA:
+            return _DATA[cache_key]
+    if os.path.isdir(path):
+        from fedr.datasets import load_dataset
+
+        dataset = load_dataset(str(config.get("dataset") or "fashion_mnist"), path)
+        split = str(config.get("split") or "train")
+        if split not in ("train", "test"):
+            raise FedValueError(f"node config `split`: expected 'train' or 'test', got {split!r}")
+        x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
+    elif path.endswith(".rds"):
+        from fedr import rdata
+
+        client = rdata.read_rds(path, label=config.get("label") or None, batch_size=batch_size, client_id=client_id)
+        if isinstance(client, list):
+            raise FedValueError(
+                f"node config `{key}`: {path!r} holds a list of {len(client)} clients; a node serves one "
+                "client's data (save one matrix, data frame or list(x =, y =) per node)"
+            )
+        x, y = client.x, client.y
+    elif path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as arrays:
+            if "x" not in arrays or "y" not in arrays:
+                raise FedValueError(f"node data {path!r}: expected arrays 'x' and 'y', found {sorted(arrays)}")
+            x, y = arrays["x"], arrays["y"]
+    elif path.endswith(".csv"):
+        x, y = _read_csv(path, label)
+    else:
+        raise FedValueError(
+            f"node config `{key}`: {path!r} is not a folder, .rds, .npz or .csv file"
+        )
+    rows = _rows(config.get("rows"), len(x))
+    client = ClientData(_features(np.asarray(x)[rows]), np.asarray(y)[rows], batch_size=batch_size,
+                        client_id=client_id)
+    with _LOCK:
+        _DATA[cache_key] = client
+    return client
+
+
+def _replica(config: Any, *, train: bool) -> Any:
+    """The node's compiled model for the server's spec (built once per spec, optimizer and epochs)."""
+    import json
+
+    import keras
+
+    from fedr.learning.client_update import ClientUpdate
+    from fedr.learning.model import ModelSpec
+
+    model_json = str(config["model"])
+    optimizer_json = str(config.get("optimizer", "")) if train else ""
+    epochs = int(config.get("local-epochs", 1)) if train else 1
+    key = (model_json, optimizer_json, epochs)
+    with _LOCK:
+        replica = _REPLICAS.get(key)
+    if replica is None:
+        spec = json.loads(model_json)
+        model = ModelSpec(spec["model"], spec["loss"], tuple(spec["metrics"]), tuple(spec["feature_shape"])).build()
+        optimizer = keras.saving.deserialize_keras_object(json.loads(optimizer_json)) if train else None
+        replica = ClientUpdate(model, optimizer, local_epochs=epochs)
+        with _LOCK:
+            _REPLICAS[key] = replica
+    return replica
+
+
+def _client_id(context: Any) -> str:
+    config = context.node_config
+    if config.get("client-id"):
+        return str(config["client-id"])
+    path = str(config.get("data") or "node")
+    return os.path.splitext(os.path.basename(path.rstrip(os.sep)))[0]
+
+
+def describe(msg: Any, context: Any) -> Any:
+    """The node's client id and number of examples (the server's first question to a new node)."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from fedr.learning.client_update import describe_error
+
+    try:
+        client = load_node_data(context.node_config)
+        record = {wire.DESCRIBE: ConfigRecord({"client-id": client.client_id, "num-examples": len(client)})}
+    except Exception as err:  # noqa: BLE001 - reported to the server, naming the node's data
+        record = {wire.FAILURE: ConfigRecord({"client-id": _client_id(context), "error": describe_error(err)})}
+    return Message(RecordDict(record), reply_to=msg)
+
+
+def train(msg: Any, context: Any) -> Any:
+    """Train the server's model on the node's data; reply with the update or the failure."""
+    from flwr.app import Message, RecordDict
+
+    from fedr.learning.client_update import ClientFailure, describe_error
+    from fedr.learning.state import check_weights
+
+    client_id = _client_id(context)
+    try:
+        client = load_node_data(context.node_config)
+        client_id = client.client_id
+        config = msg.content[wire.CONFIG]
+        replica = _replica(config, train=True)
+        weights = wire.weights_from_record(msg.content[wire.WEIGHTS])
+        check_weights(replica.weights(), weights)
+        replica.check(client)
+        replica.prepare(client, train=True)
+        words = config.get("seed-words")
+        seed = np.asarray(words, np.uint32) if words else None
+        delay = float(context.node_config.get("fedr-test-delay") or 0)
+        if delay:  # tests: a node that is slow to train (killed mid-round)
+            time.sleep(delay)
+        out = replica.train(weights, weights.flat_trainable(), client, seed)
+    except Exception as err:  # noqa: BLE001 - the client's failure, reported to the server
+        out = ClientFailure(client_id, describe_error(err))
+    return Message(RecordDict(wire.output_reply(out)), reply_to=msg)
+
+
+def evaluate(msg: Any, context: Any) -> Any:
+    """Evaluate the server's model on the node's evaluation data (or its training data)."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from fedr.learning.client_update import describe_error
+    from fedr.learning.state import check_weights
+
+    try:
+        key = "eval-data" if context.node_config.get("eval-data") else "data"
+        client = load_node_data(context.node_config, key)
+        replica = _replica(msg.content[wire.CONFIG], train=False)
+        weights = wire.weights_from_record(msg.content[wire.WEIGHTS])
+        check_weights(replica.weights(), weights)
+        replica.check(client)
+        replica.prepare(client, train=False)
+        metrics, loss_sum, count = replica.evaluate(weights, weights.flat_trainable(), client)
+        record = wire.evaluation_reply(metrics, loss_sum, count)
+    except Exception as err:  # noqa: BLE001
+        record = {wire.FAILURE: ConfigRecord({"client-id": _client_id(context), "error": describe_error(err)})}
+    return Message(RecordDict(record), reply_to=msg)
