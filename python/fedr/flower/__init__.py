@@ -23,13 +23,14 @@ From R: ``fed_flower_superlink()``, ``fed_flower_node()``, ``fed_flower_run()``.
 The app under ``examples/flower/`` shows a Flower app of your own.
 """
 
-from fedr.flower._launch import FlowerProcess, FlowerRun, free_port, make_certificates, run, superlink, supernode
+from fedr.flower._launch import FlowerProcess, FlowerRoundWarning, FlowerRun, free_port, make_certificates, run, superlink, supernode
 from fedr.flower._node import load_node_data
 from fedr.flower._strategy import FedrStrategy, check_flower_aggregator
 
 __all__ = [
     "FedrStrategy",
     "FlowerProcess",
+    "FlowerRoundWarning",
     "FlowerRun",
     "check_flower_aggregator",
     "free_port",

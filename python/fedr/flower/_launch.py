@@ -27,15 +27,16 @@ import sysconfig
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from fedr.errors import FedError, FedValueError
+from fedr.errors import FedError, FedValueError, FedWarning
 
-__all__ = ["FlowerProcess", "FlowerRun", "make_certificates", "run", "superlink", "supernode"]
+__all__ = ["FlowerProcess", "FlowerRoundWarning", "FlowerRun", "make_certificates", "run", "superlink", "supernode"]
 
 _LIVE: weakref.WeakSet[FlowerProcess] = weakref.WeakSet()
 APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app")
@@ -267,7 +268,7 @@ def supernode(
         client = data if isinstance(data, ClientData) else ClientData(data[0], data[1], batch_size=100)
         path = os.path.join(home, f"{client_id or client.client_id or 'client'}.npz")
         np.savez(path, x=client.x, y=client.y)
-        config.setdefault("batch-size", int(np.diff(client.offsets)[0]) if len(client.offsets) > 1 else len(client))
+        config.setdefault("batch-size", int(np.diff(client.offsets).max()))
         client_id = client_id or client.client_id
         data = path
     elif not isinstance(data, str | os.PathLike):
@@ -289,6 +290,10 @@ def supernode(
     if not process.alive:
         raise FedError(f"the supernode exited at start-up; its log ends:\n{process.log_text(20)}")
     return process
+
+
+class FlowerRoundWarning(FedWarning):
+    """A round of a Flower run failed (too few usable updates) or was refused; the state stayed as it was."""
 
 
 class FlowerRun(NamedTuple):
@@ -360,7 +365,10 @@ def run(
         timeout: Seconds before the whole run is stopped; None waits.
 
     Returns:
-        A :class:`FlowerRun` with the last good state, the history and ``out_dir``.
+        A :class:`FlowerRun` with the last good state, the history and
+        ``out_dir``. A failed round (fewer usable updates than the process's
+        ``min_clients``) or a refused one is a :class:`FlowerRoundWarning`
+        and a history row with ``failed = 1``; the state stays the last good one.
 
     Raises:
         FedTypeError: the model cannot travel.
@@ -421,6 +429,9 @@ def run(
     if code != 0 or not os.path.exists(state_path):
         tail = "\n".join(lines[-25:])
         raise FedError(f"flwr run failed (exit status {code}) and left no state in {out_dir}; its output ends:\n{tail}")
+    for row in history:
+        if row.get("failed"):
+            warnings.warn(str(row.get("events") or f"round {row.get('round')} failed"), FlowerRoundWarning, stacklevel=2)
     return FlowerRun(load_state(state_path, process), history, out_dir)
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -179,73 +178,86 @@ def _replica(config: Any, *, train: bool) -> Any:
     return replica
 
 
-def _client_id(context: Any) -> str:
-    config = context.node_config
+def _client_id(config: Mapping[str, Any]) -> str:
     if config.get("client-id"):
         return str(config["client-id"])
     path = str(config.get("data") or "node")
     return os.path.splitext(os.path.basename(path.rstrip(os.sep)))[0]
 
 
-def describe(msg: Any, context: Any) -> Any:
+def describe_records(node_config: Mapping[str, Any]) -> dict[str, Any]:
     """The node's client id and number of examples (the server's first question to a new node)."""
-    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.app import ConfigRecord
 
     from fedr.learning.client_update import describe_error
 
     try:
-        client = load_node_data(context.node_config)
-        record = {wire.DESCRIBE: ConfigRecord({"client-id": client.client_id, "num-examples": len(client)})}
+        client = load_node_data(node_config)
+        return {wire.DESCRIBE: ConfigRecord({"client-id": client.client_id, "num-examples": int(client.y.shape[0])})}
     except Exception as err:  # noqa: BLE001 - reported to the server, naming the node's data
-        record = {wire.FAILURE: ConfigRecord({"client-id": _client_id(context), "error": describe_error(err)})}
-    return Message(RecordDict(record), reply_to=msg)
+        return {wire.FAILURE: ConfigRecord({"client-id": _client_id(node_config), "error": describe_error(err)})}
 
 
-def train(msg: Any, context: Any) -> Any:
-    """Train the server's model on the node's data; reply with the update or the failure."""
-    from flwr.app import Message, RecordDict
-
+def train_records(content: Mapping[str, Any], node_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Train the server's model (``content``: weights and config) on the node's data; the reply's records."""
     from fedr.learning.client_update import ClientFailure, describe_error
     from fedr.learning.state import check_weights
 
-    client_id = _client_id(context)
+    client_id = _client_id(node_config)
     try:
-        client = load_node_data(context.node_config)
+        client = load_node_data(node_config)
         client_id = client.client_id
-        config = msg.content[wire.CONFIG]
+        config = content[wire.CONFIG]
         replica = _replica(config, train=True)
-        weights = wire.weights_from_record(msg.content[wire.WEIGHTS])
+        weights = wire.weights_from_record(content[wire.WEIGHTS])
         check_weights(replica.weights(), weights)
         replica.check(client)
         replica.prepare(client, train=True)
         words = config.get("seed-words")
         seed = np.asarray(words, np.uint32) if words else None
-        delay = float(context.node_config.get("fedr-test-delay") or 0)
-        if delay:  # tests: a node that is slow to train (killed mid-round)
-            time.sleep(delay)
         out = replica.train(weights, weights.flat_trainable(), client, seed)
     except Exception as err:  # noqa: BLE001 - the client's failure, reported to the server
         out = ClientFailure(client_id, describe_error(err))
-    return Message(RecordDict(wire.output_reply(out)), reply_to=msg)
+    return wire.output_reply(out)
 
 
-def evaluate(msg: Any, context: Any) -> Any:
-    """Evaluate the server's model on the node's evaluation data (or its training data)."""
-    from flwr.app import ConfigRecord, Message, RecordDict
+def evaluate_records(content: Mapping[str, Any], node_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Evaluate the server's model on the node's ``eval-data`` (or its training data); the reply's records."""
+    from flwr.app import ConfigRecord
 
     from fedr.learning.client_update import describe_error
     from fedr.learning.state import check_weights
 
     try:
-        key = "eval-data" if context.node_config.get("eval-data") else "data"
-        client = load_node_data(context.node_config, key)
-        replica = _replica(msg.content[wire.CONFIG], train=False)
-        weights = wire.weights_from_record(msg.content[wire.WEIGHTS])
+        key = "eval-data" if node_config.get("eval-data") else "data"
+        client = load_node_data(node_config, key)
+        replica = _replica(content[wire.CONFIG], train=False)
+        weights = wire.weights_from_record(content[wire.WEIGHTS])
         check_weights(replica.weights(), weights)
         replica.check(client)
         replica.prepare(client, train=False)
         metrics, loss_sum, count = replica.evaluate(weights, weights.flat_trainable(), client)
-        record = wire.evaluation_reply(metrics, loss_sum, count)
+        return wire.evaluation_reply(metrics, loss_sum, count)
     except Exception as err:  # noqa: BLE001
-        record = {wire.FAILURE: ConfigRecord({"client-id": _client_id(context), "error": describe_error(err)})}
-    return Message(RecordDict(record), reply_to=msg)
+        return {wire.FAILURE: ConfigRecord({"client-id": _client_id(node_config), "error": describe_error(err)})}
+
+
+def _reply(msg: Any, records: dict[str, Any]) -> Any:
+    from flwr.app import Message, RecordDict
+
+    return Message(RecordDict(records), reply_to=msg)
+
+
+def describe(msg: Any, context: Any) -> Any:
+    """ClientApp query handler: :func:`describe_records`."""
+    return _reply(msg, describe_records(context.node_config))
+
+
+def train(msg: Any, context: Any) -> Any:
+    """ClientApp train handler: :func:`train_records`."""
+    return _reply(msg, train_records(msg.content, context.node_config))
+
+
+def evaluate(msg: Any, context: Any) -> Any:
+    """ClientApp evaluate handler: :func:`evaluate_records`."""
+    return _reply(msg, evaluate_records(msg.content, context.node_config))

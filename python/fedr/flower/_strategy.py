@@ -249,7 +249,7 @@ class FedrStrategy(_Strategy):
                 output = self.process.finish_round(plan, results)
             except FedError as err:
                 output = None
-                row["events"] = f"round failed: {err}"
+                row["events"] = f"failed: {err}"
                 _log(ERROR, "round %d failed, the state stays at round %d: %s",
                      plan.round_num, plan.state.round_num, err)
         events = [str(w.message) for w in caught if issubclass(w.category, FedWarning)]
@@ -351,6 +351,8 @@ class FedrStrategy(_Strategy):
         result.arrays = wire.weights_record(self.state.model)
         _log(INFO, "fedr on Flower: %d round(s) from round %d", num_rounds, self.state.round_num)
         self.summary()
+        if self.out_dir:  # the starting state is the last good state until a round succeeds
+            save_state(self.state, os.path.join(self.out_dir, "state.npz"))
         for server_round in range(1, int(num_rounds) + 1):
             try:
                 messages = self.configure_train(server_round, result.arrays, train_config or ConfigRecord(), grid)
