@@ -379,6 +379,9 @@ def run(
 
     if isinstance(rounds, bool) or not isinstance(rounds, int | np.integer) or rounds < 1:
         raise FedValueError(f"rounds: expected a positive integer, got {rounds!r}")
+    from fedr.flower._strategy import check_flower_aggregator
+
+    check_flower_aggregator(getattr(process, "aggregator", None))
     encoded = encode_process(process, state if state is not None else process.initialize())
     address = superlink.address if isinstance(superlink, FlowerProcess) else str(superlink)
     out_dir = os.path.abspath(out_dir or tempfile.mkdtemp(prefix="fedr-flower-run-"))
