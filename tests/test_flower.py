@@ -286,8 +286,15 @@ def test_a_federation_over_tls(fashion, flower_home, tmp_path):
         started.append(link)
         started += _nodes(link, 1, root_certificates=certs["ca"])
         result = flower.run(_process(), 1, link, min_nodes=1, root_certificates=certs["ca"], progress=None,
-                            round_timeout=120, timeout=300)
+                            round_timeout=120, timeout=300, evaluate=True)
         _assert_same_weights(result.state, expected)
+        # Federated evaluation on the node (its training data): as in-process.
+        evaluated = reference.evaluate(expected, clients[:1])
+        row = result.history[-1]
+        assert row["eval_num_examples"] == 6000 and row["eval_num_clients_failed"] == 0
+        assert row["eval_sparse_categorical_accuracy"] == pytest.approx(
+            evaluated["sparse_categorical_accuracy"], abs=TOL)
+        assert row["eval_loss"] == pytest.approx(evaluated["loss"], abs=1e-5)
         assert "--insecure" not in link.args and "--ssl-certfile" in link.args
         assert "insecure" not in link.log_text().lower()
         # Without the CA the node cannot join: TLS is really on.

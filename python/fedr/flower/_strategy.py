@@ -128,6 +128,7 @@ class FedrStrategy(_Strategy):
         self._optimizer_json = wire.to_json(spec.client_optimizer)
         self._clients: dict[int, str] = {}
         self._round: tuple[Any, list[tuple[str, int]]] | None = None
+        self._eval_pairs: list[tuple[str, int]] = []
         self._started = 0.0
         self.history: list[dict[str, Any]] = []
 
@@ -291,7 +292,7 @@ class FedrStrategy(_Strategy):
         from flwr.app import MetricRecord
 
         per_client, lost = [], []
-        names = dict(self._eval_pairs) if self.evaluate else {}
+        names = {node: cid for cid, node in self._eval_pairs} if self.evaluate else {}
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error() or wire.FAILURE in reply.content:

@@ -1,0 +1,95 @@
+"""Seconds per FedAvg round of the reference workload on Flower (loopback) against in-process threads.
+
+The reference workload (as bench/round_time.py): Fashion-MNIST, sequential
+clients of 6000 images, batches of 100, one dense softmax layer of 10 units,
+zero-initialized, client SGD 0.02, server SGD 1.0, seed 1. In one run, for
+each node count (default 2 and 10):
+
+1. in-process: ``process.next`` with the threads executor (``workers=2``)
+   over the same clients, one warm-up round, then the median of ``--rounds``.
+2. Flower: a SuperLink and one SuperNode per client on 127.0.0.1 (no TLS),
+   ``fedr.flower.run`` for ``--rounds`` rounds; a round's seconds are the
+   server's, from sending the weights to the last reply aggregated (the
+   history's ``seconds``), median over the rounds. The first call to
+   ``run`` also pays the ServerApp's start (reported apart, as ``launch``).
+
+The ratio is Flower / in-process. Run by hand:
+``.venv/bin/python bench/flower_round.py [--rounds 3] [--nodes 2 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+from fedr import datasets, flower, learning  # noqa: E402
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def _model_fn() -> learning.Model:
+    model = keras.Sequential(
+        [keras.Input((784,)), keras.layers.Dense(10, activation="softmax", kernel_initializer="zeros")]
+    )
+    return learning.from_keras_model(
+        model, loss=keras.losses.SparseCategoricalCrossentropy(), metrics=[keras.metrics.SparseCategoricalAccuracy()]
+    )
+
+
+def _process(**kwargs: object) -> learning.FedAvgProcess:
+    return learning.build_weighted_fed_avg(
+        _model_fn, learning.optimizer_fn("sgd", 0.02), learning.optimizer_fn("sgd", 1.0), seed=1, **kwargs
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--nodes", type=int, nargs="+", default=[2, 10])
+    args = parser.parse_args()
+    data = datasets.load_fashion_mnist(FASHION)
+    clients = datasets.make_clients(data.x_train, data.y_train, 10)
+    os.environ["HOME"] = tempfile.mkdtemp(prefix="fedr-bench-home-")
+    for n in args.nodes:
+        process = _process(workers=2)
+        state = process.initialize()
+        state, _ = process.next(state, clients[:n])
+        times = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            state, _ = process.next(state, clients[:n])
+            times.append(time.perf_counter() - start)
+        in_process = statistics.median(times)
+
+        started = []
+        try:
+            link = flower.superlink()
+            started.append(link)
+            for i in range(n):
+                started.append(flower.supernode(FASHION, link, client_id=f"client_{i}",
+                                                node_config={"rows": f"{6000 * i}:{6000 * (i + 1)}"}))
+            start = time.perf_counter()
+            result = flower.run(_process(), args.rounds, link, min_nodes=n, progress=None, timeout=3600)
+            total = time.perf_counter() - start
+        finally:
+            for p in started:
+                p.stop()
+        rounds = [row["seconds"] for row in result.history]
+        on_flower = statistics.median(rounds)
+        print(json.dumps({
+            "nodes": n, "in_process_s": round(in_process, 4), "flower_round_s": round(on_flower, 2),
+            "flower_rounds_s": [round(r, 2) for r in rounds], "flower_run_total_s": round(total, 1),
+            "launch_s": round(total - sum(rounds), 1), "ratio": round(on_flower / in_process, 1),
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
