@@ -165,13 +165,13 @@ fed_flower_run <- function(process, rounds, superlink, state = NULL, out_dir = N
   if (!is.null(out_dir)) out_dir <- check_string(out_dir, "out_dir")
   if (!is.null(root_certificates)) root_certificates <- check_string(root_certificates, "root_certificates")
   start <- if (is.null(state)) NULL else as_state(state)$py
+  flower <- fedr_module("fedr.flower")
   progress <- if (verbose) {
     function(line) {
-      line <- gsub("\033\\[[0-9;]*m", "", line)
-      if (grepl("round [0-9]+: |WARNING|ERROR|stops", line)) message(trimws(sub("^\\w+\\s*:\\s*", "", line)))
+      shown <- reticulate::py_to_r(flower$progress_line(line))
+      if (!is.null(shown)) message(shown)
     }
   }
-  flower <- fedr_module("fedr.flower")
   out <- fedr_call_warning(
     flower$run, process$py, rounds, as_superlink(superlink), state = start, out_dir = out_dir,
     min_nodes = min_nodes, fraction = fraction, evaluate = evaluate, round_timeout = round_timeout,

@@ -23,7 +23,7 @@ From R: ``fed_flower_superlink()``, ``fed_flower_node()``, ``fed_flower_run()``.
 The app under ``examples/flower/`` shows a Flower app of your own.
 """
 
-from fedr.flower._launch import FlowerProcess, FlowerRoundWarning, FlowerRun, free_port, make_certificates, run, superlink, supernode
+from fedr.flower._launch import FlowerProcess, FlowerRoundWarning, FlowerRun, free_port, make_certificates, progress_line, run, superlink, supernode
 from fedr.flower._node import load_node_data
 from fedr.flower._strategy import FedrStrategy, check_flower_aggregator
 
@@ -36,6 +36,7 @@ __all__ = [
     "free_port",
     "load_node_data",
     "make_certificates",
+    "progress_line",
     "run",
     "superlink",
     "supernode",

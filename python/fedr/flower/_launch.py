@@ -18,6 +18,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,7 +37,7 @@ import numpy as np
 
 from fedr.errors import FedError, FedValueError, FedWarning
 
-__all__ = ["FlowerProcess", "FlowerRoundWarning", "FlowerRun", "make_certificates", "run", "superlink", "supernode"]
+__all__ = ["FlowerProcess", "FlowerRoundWarning", "FlowerRun", "progress_line", "make_certificates", "run", "superlink", "supernode"]
 
 _LIVE: weakref.WeakSet[FlowerProcess] = weakref.WeakSet()
 APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app")
@@ -292,6 +293,24 @@ def supernode(
     return process
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FEDR_LINE = re.compile(r"round \d+|fedr on Flower|the run stops|left out|WARNING|ERROR|Error|Traceback")
+
+
+def progress_line(line: str) -> str | None:
+    """A run's log line as shown by default (fedr's rounds, warnings, errors), or None for Flower's chatter."""
+    text = _ANSI.sub("", line).strip()
+    if not text or not _FEDR_LINE.search(text):
+        return None
+    return re.sub(r"^(INFO|WARNING|ERROR)\s*:\s*", lambda m: "" if m.group(1) == "INFO" else f"{m.group(1)}: ", text)
+
+
+def _print_progress(line: str) -> None:
+    shown = progress_line(line)
+    if shown is not None:
+        print(shown, flush=True)
+
+
 class FlowerRoundWarning(FedWarning):
     """A round of a Flower run failed (too few usable updates) or was refused; the state stayed as it was."""
 
@@ -334,7 +353,7 @@ def run(
     root_certificates: str | None = None,
     app: str | None = None,
     home: str | None = None,
-    progress: Callable[[str], None] | None = print,
+    progress: Callable[[str], None] | None = _print_progress,
     timeout: float | None = None,
 ) -> FlowerRun:
     """Run a fedr process on a Flower federation with ``flwr run`` and return its result.
@@ -361,7 +380,9 @@ def run(
             None connects without TLS.
         app: The Flower app folder; default fedr's built-in app.
         home: ``FLWR_HOME`` of the ``flwr`` command; default a temporary folder.
-        progress: Called with each log line of the run (None: quiet).
+        progress: Called with each log line of the run; by default fedr's
+            lines (rounds, warnings, errors) are printed (:func:`progress_line`);
+            ``print`` shows all of Flower's log; None is quiet.
         timeout: Seconds before the whole run is stopped; None waits.
 
     Returns:
