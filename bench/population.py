@@ -11,7 +11,8 @@ populations train on 6,000 examples a round (1,000 clients of 6, or 100 of
 Each case runs in a fresh Python process, so its peak memory is its own:
 
 - ``data``: only loading and splitting the data (no TensorFlow model);
-- ``threads``: ``workers=2``;
+- ``threads``: ``workers=2`` (small clients train in groups, one graph call per group);
+- ``threads-per-client``: the same with one graph call per client (``SMALL_CLIENT_ROWS = 0``), the baseline;
 - ``ray``: ``fedr.executors.ray(num_cpus=2)``, two warm actors.
 
 Reported per case: median seconds per round after a warm-up round; the
@@ -20,7 +21,7 @@ summed proportional set size (PSS, so pages shared by several processes, like
 Ray's object store, are counted once) of the driver and all its descendant
 processes (GCS, raylet, workers), sampled every 0.2 s from ``/proc``.
 
-Run by hand: ``.venv/bin/python bench/population.py [--rounds 5] [--cases data threads ray]``.
+Run by hand: ``.venv/bin/python bench/population.py [--rounds 5] [--cases data threads threads-per-client ray]``.
 """
 
 from __future__ import annotations
@@ -140,7 +141,12 @@ def run_case(case: str, n_clients: int, rounds: int) -> dict[str, Any]:
             model, keras.losses.SparseCategoricalCrossentropy(), [keras.metrics.SparseCategoricalAccuracy()]
         )
 
-    executor = executors.threads(2) if case == "threads" else executors.ray(num_cpus=2)
+    if case == "threads-per-client":
+        # The baseline of issue 12: one graph call per client, as before small clients trained in groups.
+        from fedr.learning import process as process_module
+
+        process_module.SMALL_CLIENT_ROWS = 0
+    executor = executors.ray(num_cpus=2) if case == "ray" else executors.threads(2)
     times, sampled = [], []
     with TreeMemory() as memory:
         try:
@@ -173,7 +179,7 @@ def main() -> None:
     """Run every case in its own process and print a table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds per case, the first a warm-up")
-    parser.add_argument("--cases", nargs="+", default=["data", "threads", "ray"], choices=["data", "threads", "ray"])
+    parser.add_argument("--cases", nargs="+", default=["data", "threads", "ray"], choices=["data", "threads", "threads-per-client", "ray"])
     parser.add_argument("--populations", type=int, nargs="+", default=[10_000, 1_000])
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)

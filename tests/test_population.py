@@ -105,3 +105,88 @@ def test_a_round_over_1000_sampled_of_10000_clients(images):
     assert ids[0] != ids[1]
     assert ids[0] == [c.client_id for c in learning.sample_clients(clients, 0.1, seed=4, round_num=1)]
     assert any(np.any(w != 0) for w in state.model.trainable)
+
+
+# ------------------------------------------------------------- small clients in groups
+
+
+def _tiny_model_fn():
+    import keras
+
+    from fedr import learning
+
+    def model_fn():
+        model = keras.Sequential([
+            keras.Input((16,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(3, activation="softmax"),
+        ])
+        return learning.from_keras_model(model, loss="sparse_categorical_crossentropy",
+                                         metrics=["sparse_categorical_accuracy"])
+
+    return model_fn
+
+
+def _mixed_clients():
+    from fedr.datasets import ClientData
+
+    rng = np.random.default_rng(5)
+    sizes = [5, 7, 3, 1200, 6, 6, 2, 9, 4, 1500, 5, 8]
+    return [
+        ClientData(rng.normal(size=(n, 16)).astype(np.float32), rng.integers(0, 3, n), batch_size=4,
+                   client_id=f"c{i}")
+        for i, n in enumerate(sizes)
+    ]
+
+
+def test_small_clients_train_in_groups_with_the_same_numbers_as_one_call_each(monkeypatch):
+    from fedr import learning
+    from fedr.learning import process as process_module
+
+    clients = _mixed_clients()
+    jobs = process_module._group_jobs(clients, local_epochs=1, workers=2)
+    # The two large clients alone; the ten small ones in four contiguous groups.
+    assert jobs == [[0, 1, 2], [3], [4, 5, 6], [7, 8], [9], [10, 11]]
+    assert process_module._group_jobs(clients, local_epochs=1000, workers=2) == [[i] for i in range(12)]
+
+    def run(workers):
+        process = learning.build_weighted_fed_avg(_tiny_model_fn(), learning.optimizer_fn("sgd", 0.1),
+                                                  seed=4, workers=workers)
+        state = process.initialize()
+        for _ in range(2):
+            state, metrics = process.next(state, clients)
+        return state, metrics
+
+    grouped, grouped_metrics = run(2)
+    monkeypatch.setattr(process_module, "SMALL_CLIENT_ROWS", 0)  # every client its own call
+    single, single_metrics = run(2)
+    serial, _ = run(1)
+    for a, b, c in zip(grouped.model.trainable + grouped.model.non_trainable,
+                       single.model.trainable + single.model.non_trainable,
+                       serial.model.trainable + serial.model.non_trainable, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    assert grouped_metrics == single_metrics
+    assert grouped_metrics["num_clients"] == 12 and grouped_metrics["num_examples"] == 2755
+
+
+def test_a_client_failing_inside_a_group_is_named_and_the_others_kept():
+    from fedr import aggregators, learning
+    from fedr.learning import ClientsFailedWarning
+
+    class Picky(aggregators.Mean):
+        def client_step(self, state, delta, *, client_id="", num_examples=0, context=None):
+            if client_id == "c5":
+                raise RuntimeError("refused c5's update")
+            return delta
+
+    clients = [c for c in _mixed_clients() if c.num_examples < 100]
+    process = learning.build_weighted_fed_avg(_tiny_model_fn(), learning.optimizer_fn("sgd", 0.1), seed=4,
+                                              workers=2, aggregator=Picky())
+    with pytest.warns(ClientsFailedWarning, match=r"^round 1: 1 client\(s\) failed and were left out: "
+                                                  r"c5: RuntimeError: refused c5's update$"):
+        _, metrics = process.next(process.initialize(), clients)
+    assert (metrics["num_clients"], metrics["num_clients_failed"]) == (9, 1)
+    assert metrics["num_examples"] == 55 - 6

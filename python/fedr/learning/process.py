@@ -33,7 +33,9 @@ from fedr.datasets import ClientData, as_client_data
 from fedr.errors import FedError, FedTypeError, FedValueError, FedWarning
 from fedr.executors import Executor, threads
 from fedr.executors._local import check_executor
-from fedr.learning.client_update import ClientFailure, ClientOutput, ClientUpdate, describe_error, run_client
+from fedr.learning.client_update import (
+    ClientFailure, ClientOutput, ClientUpdate, apply_client_step, describe_error, run_client,
+)
 from fedr.learning.model import Model, model_spec, optimizer_fn
 from fedr.learning.server_update import ServerOptimizer
 from fedr.learning.state import ModelWeights, ServerState, check_weights
@@ -184,8 +186,11 @@ class _Replicas:
         self._free: queue.SimpleQueue[ClientUpdate] = queue.SimpleQueue()
         self._free.put(self.first)
 
-    def prepare(self, clients: Sequence[ClientData], *, train: bool) -> None:
-        """Build the replicas ``clients`` can use at once and trace their graphs for them."""
+    def prepare(self, clients: Sequence[ClientData], *, train: bool, grouped: Sequence[ClientData] = ()) -> None:
+        """Build the replicas ``clients`` can use at once and trace their graphs for them.
+
+        ``grouped``: clients that will train in groups (:meth:`ClientUpdate.train_group`); that graph is traced too.
+        """
         while len(self._all) < min(self._limit, len(clients)):
             replica = self._build()
             first = self.first
@@ -201,10 +206,11 @@ class _Replicas:
                 )
             self._all.append(replica)
             self._free.put(replica)
+        jobs = [(c, False) for c in clients] + [(c, True) for c in grouped]
         for replica in self._all:
-            for client in clients:
+            for client, group in jobs:
                 try:
-                    replica.prepare(client, train=train)
+                    replica.prepare(client, train=train, group=group)
                 except FedError:
                     raise
                 except Exception as err:
@@ -250,6 +256,35 @@ def _clients(data: Any, argument: str) -> list[ClientData]:
         raise FedValueError(f"{argument}: expected at least one client, got an empty list")
     clients = as_client_data(data)
     return clients
+
+
+# Clients with at most this many rows to train on (rows x local epochs) train
+# in groups, one graph call per group (ClientUpdate.train_group): below it the
+# ~1 ms of dispatch per call outweighs the training (bench/README.md, population.py).
+SMALL_CLIENT_ROWS = 1000
+
+
+def _group_jobs(clients: Sequence[ClientData], local_epochs: int, workers: int) -> list[list[int]]:
+    """The round's jobs, in client order: one per large client, groups of small ones of the same shapes.
+
+    Small clients of one data signature are cut into about two groups per
+    worker (contiguous in client order), so workers stay busy; results are
+    put back in client order, so the aggregate does not depend on the grouping.
+    """
+    jobs: list[list[int]] = []
+    small: dict[tuple[Any, ...], list[int]] = {}
+    for i, c in enumerate(clients):
+        if len(c.x) * local_epochs <= SMALL_CLIENT_ROWS:
+            small.setdefault((c.x.shape[1:], c.x.dtype.str, c.y.shape[1:], c.y.dtype.str), []).append(i)
+        else:
+            jobs.append([i])
+    for members in small.values():
+        if len(members) < 4:
+            jobs += [[i] for i in members]
+            continue
+        parts = min(len(members) // 2, 2 * max(1, workers))
+        jobs += [chunk.tolist() for chunk in np.array_split(np.asarray(members), parts)]
+    return sorted(jobs, key=lambda job: job[0])
 
 
 def _client_seeds(base: int, round_num: int, client_ids: Sequence[str]) -> list[np.random.SeedSequence]:
@@ -468,8 +503,10 @@ class FedAvgProcess:
         clients = _clients(federated_data, "federated_data")
         for client in clients:
             self._first.check(client)
+        jobs = [] if self._remote else _group_jobs(clients, self.local_epochs, self._local.workers)
         if not self._remote:
-            self._replicas.prepare(clients, train=True)
+            grouped = [clients[job[0]] for job in jobs if len(job) > 1]
+            self._replicas.prepare(clients, train=True, grouped=grouped)
         plan = self.begin_round(state, [c.client_id for c in clients])
         weights, flat = state.model, state.flat_weights
         aggregator, agg_state, context = self.aggregator, state.aggregator_state, plan.context
@@ -479,13 +516,34 @@ class FedAvgProcess:
                 aggregator, agg_state, context,
             ))
         else:
-            def update(job: tuple[ClientData, np.random.SeedSequence]) -> ClientOutput | ClientFailure:
-                client, seed = job
-                return self._replicas.run(
-                    lambda r: run_client(r, weights, flat, client, seed, aggregator, agg_state, context)
-                )
+            seeds = plan.seeds
 
-            results = self.executor.map(update, list(zip(clients, plan.seeds, strict=True)))
+            def one(r: ClientUpdate, i: int) -> ClientOutput | ClientFailure:
+                return run_client(r, weights, flat, clients[i], seeds[i], aggregator, agg_state, context)
+
+            def group(r: ClientUpdate, job: list[int]) -> list[ClientOutput | ClientFailure]:
+                try:
+                    outs = r.train_group(weights, flat, [clients[i] for i in job], [seeds[i] for i in job])
+                except Exception:  # noqa: BLE001 - one client by one, to name the one that fails
+                    return [one(r, i) for i in job]
+                results = []
+                for out in outs:
+                    try:
+                        results.append(apply_client_step(out, aggregator, agg_state, context))
+                    except Exception as err:  # noqa: BLE001 - reported as the client's failure
+                        results.append(ClientFailure(out.client_id, describe_error(err)))
+                return results
+
+            def update(job: list[int]) -> list[ClientOutput | ClientFailure]:
+                if len(job) == 1:
+                    return [self._replicas.run(lambda r: one(r, job[0]))]
+                return self._replicas.run(lambda r: group(r, job))
+
+            by_job = self.executor.map(update, jobs)
+            results = [None] * len(clients)
+            for job, outs in zip(jobs, by_job, strict=True):
+                for i, out in zip(job, outs, strict=True):
+                    results[i] = out
         return self.finish_round(plan, results, stacklevel=3)
 
     def begin_round(self, state: ServerState, client_ids: Sequence[str]) -> RoundPlan:
