@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     data = datasets.load_fashion_mnist()
     clients = datasets.make_federated_data(data, 10, "sequential", batch_size=100)
-    xs = np.stack([c.x.reshape(-1, 100, 784) for c in clients])
+    xs = np.stack([c.features().reshape(-1, 100, 784) for c in clients])
     xts = np.ascontiguousarray(xs.transpose(0, 1, 3, 2))  # made once, as the data is
     ys = np.stack([c.y.reshape(-1, 100) for c in clients])
     counts = np.array([c.num_examples for c in clients], np.float64)

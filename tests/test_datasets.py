@@ -1019,8 +1019,14 @@ def test_make_clients_sequential_prepares_and_batches():
 
     assert [c.client_id for c in clients] == ["client_0", "client_1"]
     assert [c.offsets.tolist() for c in clients] == [[0, 100, 125], [0, 100, 125]]
-    assert clients[1].x.shape == (125, 784) and clients[1].x.dtype == np.float32
-    assert_array_equal(clients[1].x, prepare_images(x)[125:])
+    # Integer pixels stay uint8; the model sees x / 255, the values prepare_images gives.
+    assert clients[1].x.shape == (125, 784) and clients[1].x.dtype == np.uint8 and clients[1].scale == 255
+    assert_array_equal(clients[1].x, x.reshape(250, 784)[125:])
+    assert clients[1].features().dtype == np.float32
+    assert_array_equal(clients[1].features(), prepare_images(x)[125:])
+    floats = make_clients(prepare_images(x), y, n_clients=2, batch_size=100)
+    assert floats[1].x.dtype == np.float32 and floats[1].scale is None
+    assert_array_equal(floats[1].x, clients[1].features())
     assert clients[1].y.tolist() == (np.arange(125, 250) % 10).tolist()
     assert clients[0].x.flags.c_contiguous and clients[1].x.flags.c_contiguous
 
@@ -1055,7 +1061,7 @@ def test_make_federated_data_from_dataset():
     assert [c.num_examples for c in train] == [5, 5, 5, 5]
     assert train[0].offsets.tolist() == [0, 2, 4, 5]
     assert [c.num_examples for c in test] == [2] * 5
-    assert_array_equal(test[0].x, prepare_images(ds.x_test[:2]))
+    assert_array_equal(test[0].features(), prepare_images(ds.x_test[:2]))
     with pytest.raises(FedValueError, match=r"`split` must be one of 'train', 'test'; got 'valid'"):
         make_federated_data(ds, split="valid")
     with pytest.raises(FedTypeError, match=r"`dataset` must be a Dataset; got tuple"):

@@ -38,13 +38,15 @@ def test_ten_thousand_clients_are_views_of_one_read_only_array(images, method, n
     assert len(clients) == n
 
     base = _root(clients[0].x)
-    assert base.shape == (N_EXAMPLES, SIDE * SIDE) and base.dtype == np.float32
+    # Integer pixels stay uint8 (the model sees x / 255, ClientData.scale).
+    assert base.size == N_EXAMPLES * SIDE * SIDE and base.dtype == np.uint8
+    assert clients[0].scale == 255
     assert base.flags.c_contiguous and not base.flags.writeable
     assert all(_root(c.x) is base for c in clients)
     assert np.shares_memory(clients[0].x, base) and np.shares_memory(clients[-1].x, base)
     assert not any(np.shares_memory(c.x, x) for c in clients[:10])
     # In client order, back to back: client i's rows follow client i - 1's.
-    starts = [(c.x.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // (SIDE * SIDE * 4)
+    starts = [(c.x.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // (SIDE * SIDE)
               for c in clients]
     sizes = [c.num_examples for c in clients]
     assert starts == np.cumsum([0, *sizes[:-1]]).tolist()
@@ -57,7 +59,7 @@ def test_ten_thousand_clients_are_views_of_one_read_only_array(images, method, n
 @pytest.mark.parametrize("method", ["sequential", "iid"])
 def test_per_client_overhead_is_small_next_to_the_data(images, method):
     x, y = images
-    data_bytes = N_EXAMPLES * SIDE * SIDE * 4
+    data_bytes = N_EXAMPLES * SIDE * SIDE  # uint8 pixels
     held = {}
     for n in (100, 10_000):
         tracemalloc.start()

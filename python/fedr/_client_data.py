@@ -96,6 +96,11 @@ class ClientData:
             multiple. Give this or ``offsets``; neither gives one batch of all rows.
         offsets: batch boundaries, from 0 to ``n``, strictly increasing.
         client_id: the client's name, used in messages.
+        scale: For images kept as integer pixels: the model's input is
+            ``x / scale`` (255 for pixels in 0..255). ``x`` is then stored as
+            uint8, four times smaller than float32, and divided inside the
+            training graph, which gives exactly the float32 values of
+            :func:`prepare_images`. None (the default) stores float32 features.
 
     Raises:
         FedTypeError: an argument has the wrong type.
@@ -103,7 +108,7 @@ class ClientData:
     """
 
     # __weakref__: the training path caches each client's tensors, keyed weakly by the client.
-    __slots__ = ("__weakref__", "_client_id", "_offsets", "_x", "_y")
+    __slots__ = ("__weakref__", "_client_id", "_offsets", "_scale", "_x", "_y")
 
     def __init__(
         self,
@@ -113,11 +118,13 @@ class ClientData:
         batch_size: int | None = None,
         offsets: Any = None,
         client_id: str = "client_0",
+        scale: float | None = None,
     ) -> None:
         if not isinstance(client_id, str):
             raise FedTypeError(f"`client_id` must be a str; got {type(client_id).__name__}")
         self._client_id = client_id
-        self._x, self._y, self._offsets = _validate_client(x, y, batch_size, offsets, client_id)
+        self._scale = _check_scale(scale, client_id)
+        self._x, self._y, self._offsets = _validate_client(x, y, batch_size, offsets, client_id, self._scale)
 
     @classmethod
     def from_batches(cls, batches: Sequence[Any], client_id: str = "client_0") -> ClientData:
@@ -179,19 +186,33 @@ class ClientData:
         return cls(x, y, offsets=offsets, client_id=client_id)
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self._client_id, self._x, self._y, self._offsets)
+        return (self._client_id, self._x, self._y, self._offsets, self._scale)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         # Unpickled (e.g. in a Ray worker): the arrays stay read-only there too.
-        self._client_id, self._x, self._y, self._offsets = state
+        self._client_id, self._x, self._y, self._offsets = state[:4]
+        self._scale = state[4] if len(state) > 4 else None
         for array in (self._x, self._y, self._offsets):
             if array.flags.writeable:
                 array.flags.writeable = False
 
     @property
     def x(self) -> np.ndarray:
-        """Features, float32 C-contiguous ``(n, *feature_shape)``."""
+        """Features as stored, C-contiguous ``(n, *feature_shape)``: float32, or uint8 pixels when :attr:`scale` is set."""
         return self._x
+
+    @property
+    def scale(self) -> float | None:
+        """The divisor of stored uint8 pixels (the model sees ``x / scale``), or None for float32 features."""
+        return self._scale
+
+    def features(self) -> np.ndarray:
+        """The features the model sees, float32: ``x`` itself, or ``x / scale`` computed now (a new array)."""
+        if self._scale is None:
+            return self._x
+        out = self._x.astype(np.float32)
+        np.divide(out, np.float32(self._scale), out=out)
+        return out
 
     @property
     def y(self) -> np.ndarray:
@@ -224,9 +245,10 @@ class ClientData:
         return int(self._offsets[1] - self._offsets[0])
 
     def batches(self) -> list[Batch]:
-        """Return the reference's list of ``OrderedDict(x=..., y=...)`` batches (views, not copies)."""
+        """Return the reference's list of ``OrderedDict(x=..., y=...)`` batches (views; of a float copy when scaled)."""
+        x = self.features()
         return [
-            OrderedDict(x=self._x[a:b], y=self._y[a:b]) for a, b in pairwise(self._offsets.tolist())
+            OrderedDict(x=x[a:b], y=self._y[a:b]) for a, b in pairwise(self._offsets.tolist())
         ]
 
     def __len__(self) -> int:
@@ -239,7 +261,8 @@ class ClientData:
         return (
             f"ClientData(client_id={self._client_id!r}, num_examples={self.num_examples}, "
             f"num_batches={self.num_batches}, batch_size={self.batch_size}, "
-            f"x={_describe(self._x)}, y={_describe(self._y)})"
+            f"x={_describe(self._x)}, y={_describe(self._y)}"
+            + (f", scale={self._scale:g})" if self._scale is not None else ")")
         )
 
 
@@ -266,8 +289,18 @@ def _writable_by_caller(array: np.ndarray) -> bool:
     return base is not None and not isinstance(base, bytes)
 
 
+def _check_scale(scale: Any, client_id: str) -> float | None:
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, int | float | np.integer | np.floating):
+        raise FedTypeError(f"client {client_id!r}: scale must be a number or None; got {type(scale).__name__}")
+    if not (np.isfinite(scale) and scale > 0):
+        raise FedValueError(f"client {client_id!r}: scale must be a positive finite number; got {scale!r}")
+    return float(scale)
+
+
 def _validate_client(
-    x: Any, y: Any, batch_size: int | None, offsets: Any, client_id: str
+    x: Any, y: Any, batch_size: int | None, offsets: Any, client_id: str, scale: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Convert and check a client's arrays and batch offsets, naming the client in errors."""
     where = f"client {client_id!r}"
@@ -286,8 +319,17 @@ def _validate_client(
     n = len(x)
     if n == 0:
         raise FedValueError(f"{where}: has no examples")
-    x = _read_only(np.ascontiguousarray(x, dtype=np.float32), given_x)
-    _check_finite(x, f"{where}: x")
+    if scale is None:
+        x = _read_only(np.ascontiguousarray(x, dtype=np.float32), given_x)
+        _check_finite(x, f"{where}: x")
+    else:
+        if not np.issubdtype(x.dtype, np.integer):
+            raise FedTypeError(f"{where}: x must hold integer pixels (0..255) with `scale`; got dtype {x.dtype}")
+        if x.dtype != np.uint8 and (x.min() < 0 or x.max() > 255):
+            raise FedValueError(
+                f"{where}: x must hold pixels in 0..255 with `scale`; got values in {x.min()}..{x.max()}"
+            )
+        x = _read_only(np.ascontiguousarray(x, dtype=np.uint8), given_x)
     if y.ndim == 1:
         y = _read_only(as_labels(y, what=f"{where}: y"), given_y)
     else:

@@ -284,7 +284,7 @@ fed_client <- function(data, client = 1L) {
   offsets <- reticulate::py_to_r(py$offsets)
   list(
     id = data$ids[[client]],
-    x = reticulate::py_to_r(py$x),
+    x = reticulate::py_to_r(py$features()),
     y = as.integer(reticulate::py_to_r(py$y)),
     batch_sizes = as.integer(diff(offsets))
   )

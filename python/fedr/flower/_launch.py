@@ -268,7 +268,7 @@ def supernode(
     if isinstance(data, ClientData) or (isinstance(data, tuple) and len(data) == 2):
         client = data if isinstance(data, ClientData) else ClientData(data[0], data[1], batch_size=100)
         path = os.path.join(home, f"{client_id or client.client_id or 'client'}.npz")
-        np.savez(path, x=client.x, y=client.y)
+        np.savez(path, x=client.features(), y=client.y)
         config.setdefault("batch-size", int(np.diff(client.offsets).max()))
         client_id = client_id or client.client_id
         data = path

@@ -65,13 +65,6 @@ def _rows(value: Any, n: int) -> slice:
     return slice(a, b)
 
 
-def _features(x: np.ndarray) -> np.ndarray:
-    """Images (integer pixels, n x h x w) become flat [0, 1] rows, as in-process; floats are kept."""
-    if np.issubdtype(x.dtype, np.integer) and x.ndim >= 3:
-        return prepare_images(x)
-    return np.ascontiguousarray(x, np.float32)
-
-
 def _read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray]:
     import csv
 
@@ -146,8 +139,15 @@ def load_node_data(config: Mapping[str, Any], key: str = "data") -> ClientData:
             f"node config `{key}`: {path!r} is not a folder, .rds, .npz or .csv file"
         )
     rows = _rows(config.get("rows"), len(x))
-    client = ClientData(_features(np.asarray(x)[rows]), np.asarray(y)[rows], batch_size=batch_size,
-                        client_id=client_id)
+    x = np.asarray(x)[rows]
+    if np.issubdtype(x.dtype, np.integer) and x.ndim >= 3:
+        # Images: uint8 pixels divided by 255 in the training graph, as make_clients keeps them.
+        prepare_images(x[:0])
+        client = ClientData(x.reshape(len(x), -1), np.asarray(y)[rows], batch_size=batch_size,
+                            client_id=client_id, scale=255.0)
+    else:
+        client = ClientData(np.ascontiguousarray(x, np.float32), np.asarray(y)[rows], batch_size=batch_size,
+                            client_id=client_id)
     with _LOCK:
         _DATA[cache_key] = client
     return client

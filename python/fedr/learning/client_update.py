@@ -37,6 +37,11 @@ _TENSORS: weakref.WeakKeyDictionary[ClientData, tuple[Any, Any, Any]] = weakref.
 _TENSORS_LOCK = threading.Lock()
 
 
+def _scale(client: ClientData) -> np.ndarray:
+    """The divisor of the client's stored pixels as a float32 scalar (1 for float features, unused then)."""
+    return np.asarray(client.scale if client.scale is not None else 1.0, np.float32)
+
+
 def client_tensors(client: ClientData) -> tuple[Any, Any, Any]:
     """Return the client's x, y and offsets as tensors, converted once per client.
 
@@ -247,11 +252,14 @@ class ClientUpdate:
         x = tf.TensorSpec([None, *client.x.shape[1:]], client.x.dtype)
         y = tf.TensorSpec([None, *client.y.shape[1:]], client.y.dtype)
         offsets = tf.TensorSpec([None], tf.int64)
+        scale = tf.TensorSpec([], tf.float32)
         if group:
             draws = tf.TensorSpec([None, 2 * len(self.seeded)], tf.int64)
-            self._train_group.get_concrete_function(weights, non_trainable, draws, x, y, offsets, offsets, offsets)
+            self._train_group.get_concrete_function(
+                weights, non_trainable, draws, x, y, offsets, offsets, offsets, scale
+            )
         else:
-            (self._train if train else self._eval).get_concrete_function(weights, non_trainable, x, y, offsets)
+            (self._train if train else self._eval).get_concrete_function(weights, non_trainable, x, y, offsets, scale)
         self._traced.add(key)
 
     # ------------------------------------------------------------------ graphs
@@ -263,8 +271,11 @@ class ClientUpdate:
         for var, value in zip(self.non_trainable, non_trainable, strict=True):
             var.assign(value)
 
-    def _batches(self, x: Any, y: Any, offsets: Any, epochs: int, step: Any) -> Any:
+    def _batches(self, x: Any, y: Any, offsets: Any, epochs: int, step: Any, scale: Any) -> Any:
         """Loop ``step(xb, yb)`` over the batches, ``epochs`` times; sum losses and counts.
+
+        Integer pixels (``ClientData.scale``) become float32 ``x / scale`` batch
+        by batch here, the same values as dividing the whole array beforehand.
 
         The predictions of every step are kept and fed to the metrics once after
         the loop: Keras metrics accumulate sums, so one update over all batches
@@ -280,7 +291,10 @@ class ClientUpdate:
         for _ in tf.range(epochs):
             for i in tf.range(num_batches):
                 start, stop = offsets[i], offsets[i + 1]
-                preds, loss = step(x[start:stop], y[start:stop])
+                xb = x[start:stop]
+                if xb.dtype != tf.float32:
+                    xb = tf.cast(xb, tf.float32) / scale
+                preds, loss = step(xb, y[start:stop])
                 preds_seen = preds_seen.write(k, tf.cast(preds, tf.float32))
                 k += 1
                 n = stop - start
@@ -297,12 +311,14 @@ class ClientUpdate:
         metrics = tf.stack(results) if results else tf.zeros([0], tf.float64)
         return metrics, loss_sum, count
 
-    def _train_graph(self, trainable: Any, non_trainable: list[Any], x: Any, y: Any, offsets: Any) -> Any:
-        return self._train_body(trainable, non_trainable, x, y, offsets)
+    def _train_graph(
+        self, trainable: Any, non_trainable: list[Any], x: Any, y: Any, offsets: Any, scale: Any
+    ) -> Any:
+        return self._train_body(trainable, non_trainable, x, y, offsets, scale)
 
     def _train_group_graph(
         self, trainable: Any, non_trainable: list[Any], draws: Any, x: Any, y: Any, rows: Any, offsets: Any,
-        bounds: Any,
+        bounds: Any, scale: Any,
     ) -> Any:
         """Many clients in one graph call: client g is rows ``rows[g]:rows[g+1]`` of ``x`` and ``y`` with
         batch offsets ``offsets[bounds[g]:bounds[g+1]]`` and seed draws ``draws[g]``; each runs exactly
@@ -317,11 +333,13 @@ class ClientUpdate:
             for k, i in enumerate(self.seeded):
                 values[i] = tf.cast(draws[g, 2 * k : 2 * k + 2], self.non_trainable[i].dtype)
             a, b = rows[g], rows[g + 1]
-            result = self._train_body(trainable, values, x[a:b], y[a:b], offsets[bounds[g] : bounds[g + 1]])
+            result = self._train_body(trainable, values, x[a:b], y[a:b], offsets[bounds[g] : bounds[g + 1]], scale)
             outs = [ta.write(g, value) for ta, value in zip(outs, result, strict=True)]
         return tuple(ta.stack() for ta in outs)
 
-    def _train_body(self, trainable: Any, non_trainable: list[Any], x: Any, y: Any, offsets: Any) -> Any:
+    def _train_body(
+        self, trainable: Any, non_trainable: list[Any], x: Any, y: Any, offsets: Any, scale: Any
+    ) -> Any:
         self._load(trainable, non_trainable)
         for v in self._opt_state:
             v.assign(tf.zeros_like(v))
@@ -337,14 +355,16 @@ class ClientUpdate:
             self.optimizer.apply_gradients(zip(grads, variables))
             return preds, loss
 
-        metrics, loss_sum, count = self._batches(x, y, offsets, self.local_epochs, step)
+        metrics, loss_sum, count = self._batches(x, y, offsets, self.local_epochs, step, scale)
         delta = _flat(variables) - trainable
         stats = _flat([self.non_trainable[i] for i in self.averaged])
         finite = tf.reduce_all(tf.math.is_finite(delta)) & tf.reduce_all(tf.math.is_finite(stats))
         finite = finite & tf.math.is_finite(loss_sum)
         return delta, stats, count, metrics, loss_sum, finite
 
-    def _eval_graph(self, trainable: Any, non_trainable: list[Any], x: Any, y: Any, offsets: Any) -> Any:
+    def _eval_graph(
+        self, trainable: Any, non_trainable: list[Any], x: Any, y: Any, offsets: Any, scale: Any
+    ) -> Any:
         self._load(trainable, non_trainable)
         keras_model, loss_fn = self.model.keras_model, self.model.loss
 
@@ -352,7 +372,7 @@ class ClientUpdate:
             preds = keras_model(xb, training=False)
             return preds, loss_fn(yb, preds)
 
-        return self._batches(x, y, offsets, 1, step)
+        return self._batches(x, y, offsets, 1, step, scale)
 
     # ------------------------------------------------------------------ calls
 
@@ -394,7 +414,7 @@ class ClientUpdate:
                 sets every random generator of the model (Dropout and others).
         """
         delta, stats, count, metrics, loss_sum, finite = self._train(
-            flat, self._non_trainable(weights, seed), *client_tensors(client)
+            flat, self._non_trainable(weights, seed), *client_tensors(client), _scale(client)
         )
         return ClientOutput(
             client.client_id, delta.numpy(), stats.numpy(), int(count), metrics.numpy(),
@@ -425,7 +445,7 @@ class ClientUpdate:
             for k, i in enumerate(self.seeded):
                 draws[g, 2 * k : 2 * k + 2] = np.asarray(values[i], np.int64) if seed is not None else base[i]
         delta, stats, count, metrics, loss_sum, finite = (
-            t.numpy() for t in self._train_group(flat, base, draws, x, y, rows, offsets, bounds)
+            t.numpy() for t in self._train_group(flat, base, draws, x, y, rows, offsets, bounds, _scale(clients[0]))
         )
         return [
             ClientOutput(c.client_id, delta[g], stats[g], int(count[g]), metrics[g], float(loss_sum[g]), bool(finite[g]))
@@ -436,7 +456,9 @@ class ClientUpdate:
         self, weights: ModelWeights, flat: np.ndarray, client: ClientData
     ) -> tuple[np.ndarray, float, int]:
         """Evaluate ``weights`` on ``client``: metrics, loss sum and example count."""
-        metrics, loss_sum, count = self._eval(flat, list(weights.non_trainable), *client_tensors(client))
+        metrics, loss_sum, count = self._eval(
+            flat, list(weights.non_trainable), *client_tensors(client), _scale(client)
+        )
         return metrics.numpy(), float(loss_sum), int(count)
 
 

@@ -275,7 +275,7 @@ def _group_jobs(clients: Sequence[ClientData], local_epochs: int, workers: int) 
     small: dict[tuple[Any, ...], list[int]] = {}
     for i, c in enumerate(clients):
         if len(c.x) * local_epochs <= SMALL_CLIENT_ROWS:
-            small.setdefault((c.x.shape[1:], c.x.dtype.str, c.y.shape[1:], c.y.dtype.str), []).append(i)
+            small.setdefault((c.x.shape[1:], c.x.dtype.str, c.y.shape[1:], c.y.dtype.str, c.scale), []).append(i)
         else:
             jobs.append([i])
     for members in small.values():
