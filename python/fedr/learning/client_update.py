@@ -94,7 +94,7 @@ def _compiled(method: Any) -> Any:
     processes in one session (tests, R sessions) would warn of "retracing"
     although each replica traces once; that warning is turned off here.
     """
-    fn = tf.function(method, reduce_retracing=True)
+    fn = tf.function(method, reduce_retracing=True, autograph=False)
     fn._omit_frequent_tracing_warning = True
     return fn
 
@@ -281,25 +281,29 @@ class ClientUpdate:
         the loop: Keras metrics accumulate sums, so one update over all batches
         gives what batch-by-batch updates give, with far fewer graph nodes per step.
         """
-        loss_sum = tf.constant(0.0, tf.float64)
-        count = tf.constant(0, tf.int64)
         num_batches = tf.shape(offsets, out_type=tf.int64)[0] - 1
         preds_seen = tf.TensorArray(
             tf.float32, size=0, dynamic_size=True, infer_shape=False, element_shape=self._output_shape
         )
-        k = 0
-        for _ in tf.range(epochs):
-            for i in tf.range(num_batches):
-                start, stop = offsets[i], offsets[i + 1]
-                xb = x[start:stop]
-                if xb.dtype != tf.float32:
-                    xb = tf.cast(xb, tf.float32) / scale
-                preds, loss = step(xb, y[start:stop])
-                preds_seen = preds_seen.write(k, tf.cast(preds, tf.float32))
-                k += 1
-                n = stop - start
-                loss_sum += tf.cast(loss, tf.float64) * tf.cast(n, tf.float64)
-                count += n
+
+        def body(k: Any, loss_sum: Any, count: Any, preds_seen: Any) -> Any:
+            # Step k is batch k mod num_batches of epoch k div num_batches: epochs in order, batches in order.
+            i = k % num_batches
+            start, stop = offsets[i], offsets[i + 1]
+            xb = x[start:stop]
+            if xb.dtype != tf.float32:
+                xb = tf.cast(xb, tf.float32) / scale
+            preds, loss = step(xb, y[start:stop])
+            preds_seen = preds_seen.write(tf.cast(k, tf.int32), tf.cast(preds, tf.float32))
+            n = stop - start
+            loss_sum += tf.cast(loss, tf.float64) * tf.cast(n, tf.float64)
+            return k + 1, loss_sum, count + n, preds_seen
+
+        total = num_batches * epochs
+        _, loss_sum, count, preds_seen = tf.while_loop(
+            lambda k, *_: k < total, body,
+            (tf.constant(0, tf.int64), tf.constant(0.0, tf.float64), tf.constant(0, tf.int64), preds_seen),
+        )
         results = []
         if self.model.metrics:
             preds_all = tf.ensure_shape(preds_seen.concat(), self._output_shape)
@@ -328,13 +332,16 @@ class ClientUpdate:
             (tf.float32, [self.num_weights]), (tf.float32, [None]), (tf.int64, []),
             (tf.float64, [None]), (tf.float64, []), (tf.bool, []),
         )]
-        for g in tf.range(n):
+
+        def body(g: Any, *outs: Any) -> Any:
             values = list(non_trainable)
             for k, i in enumerate(self.seeded):
                 values[i] = tf.cast(draws[g, 2 * k : 2 * k + 2], self.non_trainable[i].dtype)
             a, b = rows[g], rows[g + 1]
             result = self._train_body(trainable, values, x[a:b], y[a:b], offsets[bounds[g] : bounds[g + 1]], scale)
-            outs = [ta.write(g, value) for ta, value in zip(outs, result, strict=True)]
+            return (g + 1, *(ta.write(g, value) for ta, value in zip(outs, result, strict=True)))
+
+        _, *outs = tf.while_loop(lambda g, *_: g < n, body, (tf.constant(0), *outs))
         return tuple(ta.stack() for ta in outs)
 
     def _train_body(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import queue
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -186,39 +187,65 @@ class _Replicas:
         self._free: queue.SimpleQueue[ClientUpdate] = queue.SimpleQueue()
         self._free.put(self.first)
 
-    def prepare(self, clients: Sequence[ClientData], *, train: bool, grouped: Sequence[ClientData] = ()) -> None:
+    def prepare(
+        self, clients: Sequence[ClientData], *, train: bool, grouped: Sequence[ClientData] = (), defer: bool = False,
+    ) -> Callable[[], None] | None:
         """Build the replicas ``clients`` can use at once and trace their graphs for them.
 
         ``grouped``: clients that will train in groups (:meth:`ClientUpdate.train_group`); that graph is traced too.
+        With ``defer``, only the replicas built already are traced here; the
+        function returned (None if there is nothing left to do) builds and
+        traces the others, each joining the pool when ready: call it on this
+        thread while workers train on the first ones (round 1 then waits for
+        one trace, not one per worker).
         """
-        while len(self._all) < min(self._limit, len(clients)):
-            replica = self._build()
-            first = self.first
-            if replica.model.keras_model is first.model.keras_model:
-                raise FedValueError(
-                    "model_fn: returned the same Keras model twice; it must build a new model "
-                    "at every call (each worker trains its own copy)"
-                )
-            if replica.optimizer is not None and replica.optimizer is first.optimizer:
-                raise FedValueError(
-                    "client_optimizer_fn: returned the same optimizer twice; it must build a new "
-                    "optimizer at every call, e.g. optimizer_fn('sgd', 0.02)"
-                )
-            self._all.append(replica)
-            self._free.put(replica)
         jobs = [(c, False) for c in clients] + [(c, True) for c in grouped]
         for replica in self._all:
-            for client, group in jobs:
-                try:
-                    replica.prepare(client, train=train, group=group)
-                except FedError:
-                    raise
-                except Exception as err:
-                    what = "training" if train else "evaluation"
-                    raise FedError(
-                        f"client '{client.client_id}': building the {what} graph failed "
-                        f"(the model, its loss or metrics raised): {describe_error(err)}"
-                    ) from err
+            self._trace(replica, jobs, train)
+        missing = min(self._limit, len(clients)) - len(self._all)
+        if missing <= 0:
+            return None
+
+        def grow() -> None:
+            for _ in range(missing):
+                replica = self._new()
+                self._trace(replica, jobs, train)
+                self._all.append(replica)
+                self._free.put(replica)
+
+        if defer:
+            return grow
+        grow()
+        return None
+
+    def _new(self) -> ClientUpdate:
+        replica = self._build()
+        first = self.first
+        if replica.model.keras_model is first.model.keras_model:
+            raise FedValueError(
+                "model_fn: returned the same Keras model twice; it must build a new model "
+                "at every call (each worker trains its own copy)"
+            )
+        if replica.optimizer is not None and replica.optimizer is first.optimizer:
+            raise FedValueError(
+                "client_optimizer_fn: returned the same optimizer twice; it must build a new "
+                "optimizer at every call, e.g. optimizer_fn('sgd', 0.02)"
+            )
+        return replica
+
+    @staticmethod
+    def _trace(replica: ClientUpdate, jobs: Sequence[tuple[ClientData, bool]], train: bool) -> None:
+        for client, group in jobs:
+            try:
+                replica.prepare(client, train=train, group=group)
+            except FedError:
+                raise
+            except Exception as err:
+                what = "training" if train else "evaluation"
+                raise FedError(
+                    f"client '{client.client_id}': building the {what} graph failed "
+                    f"(the model, its loss or metrics raised): {describe_error(err)}"
+                ) from err
 
     def run(self, fn: Callable[[ClientUpdate], Any]) -> Any:
         replica = self._free.get()
@@ -226,6 +253,27 @@ class _Replicas:
             return fn(replica)
         finally:
             self._free.put(replica)
+
+
+def _map_while(executor: Executor, fn: Callable[[Any], Any], items: list[Any], work: Callable[[], None]) -> list[Any]:
+    """``executor.map(fn, items)`` from a helper thread while ``work()`` runs on this one (it may raise)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["out"] = executor.map(fn, items)
+        except BaseException as err:  # noqa: BLE001 - re-raised on the calling thread
+            box["err"] = err
+
+    helper = threading.Thread(target=target, name="fedr-round", daemon=True)
+    helper.start()
+    try:
+        work()
+    finally:
+        helper.join()
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
 
 
 def _check_min_clients(value: Any) -> int | float:
@@ -504,9 +552,10 @@ class FedAvgProcess:
         for client in clients:
             self._first.check(client)
         jobs = [] if self._remote else _group_jobs(clients, self.local_epochs, self._local.workers)
+        grow = None
         if not self._remote:
             grouped = [clients[job[0]] for job in jobs if len(job) > 1]
-            self._replicas.prepare(clients, train=True, grouped=grouped)
+            grow = self._replicas.prepare(clients, train=True, grouped=grouped, defer=True)
         plan = self.begin_round(state, [c.client_id for c in clients])
         weights, flat = state.model, state.flat_weights
         aggregator, agg_state, context = self.aggregator, state.aggregator_state, plan.context
@@ -539,7 +588,7 @@ class FedAvgProcess:
                     return [self._replicas.run(lambda r: one(r, job[0]))]
                 return self._replicas.run(lambda r: group(r, job))
 
-            by_job = self.executor.map(update, jobs)
+            by_job = self.executor.map(update, jobs) if grow is None else _map_while(self.executor, update, jobs, grow)
             results = [None] * len(clients)
             for job, outs in zip(jobs, by_job, strict=True):
                 for i, out in zip(job, outs, strict=True):
