@@ -10,11 +10,18 @@ import time
 
 def _demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    from concurrent.futures import ThreadPoolExecutor
 
-    from fedr import datasets, learning
+    from fedr import datasets
 
-    data = datasets.load_dataset(args.dataset, args.path)
+    # Read the data (gzip releases the GIL) while TensorFlow and Keras import.
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(datasets.load_dataset, args.dataset, args.path)
+        import keras
+
+        from fedr import learning
+
+        data = loading.result()
     print(f"{data.name}: {len(data.y_train)} training and {len(data.y_test)} test images")
     train = datasets.make_federated_data(
         data, args.clients, args.split, batch_size=args.batch_size, seed=args.seed
