@@ -231,7 +231,7 @@ def test_two_nodes_give_the_in_process_weights_and_a_killed_node_is_reported(fas
                            round_timeout=30, progress=kill_when_round_starts, timeout=300)
         assert not nodes[1].alive and nodes[0].alive
         row = third.history[-1]
-        assert row["round"] == 3 and row["failed"] == 0
+        assert row["round"] == 3 and row["round_failed"] == 0
         assert (row["num_clients"], row["num_clients_failed"]) == (1, 1)
         assert "1 client(s) failed and were left out: client_1: NodeLost: no reply from node" in row["events"]
         # The round completed with the node that was left: as in-process with client_1 failing.
@@ -265,7 +265,7 @@ def test_a_failed_round_keeps_the_last_good_state_and_is_reported(fashion, flowe
         assert result.state.round_num == 0
         _assert_same_weights(result.state, start)
         history = result.history
-        assert history[0]["failed"] == 1
+        assert history[0]["round_failed"] == 1
         assert "failed: round 1: only 0 of 1 clients returned a usable update" in history[0]["events"]
         assert "client 'client_0': x has feature shape (784,) but the model expects (10,)" in history[0]["events"]
     finally:

@@ -1,7 +1,9 @@
 # The training history of fed_fit(): a data frame with print, plot and as.data.frame.
 
 # Columns of counts, not metrics: shown last, not plotted or averaged.
-count_columns <- c("num_examples", "num_clients", "num_clients_dropped", "num_clients_failed")
+count_columns <- c("num_examples", "num_clients", "num_clients_dropped", "num_clients_failed",
+                   "eval_num_examples", "eval_num_clients", "eval_num_clients_dropped", "eval_num_clients_failed",
+                   "round_failed")
 
 new_fed_history <- function(rows, state) {
   names_all <- unique(unlist(lapply(rows, names)))
@@ -61,6 +63,10 @@ format.fed_history <- function(x, ...) {
   }
   # The noise level is fixed by the aggregator's settings: kept in the data, not printed.
   df <- df[setdiff(names(df), "dp_noise_stddev")]
+  # Text columns (a Flower run's clients and events) are not in the table; events follow it.
+  text_cols <- names(df)[!vapply(df, is.numeric, logical(1))]
+  events <- if ("events" %in% text_cols) df$events else character()
+  df <- df[setdiff(names(df), text_cols)]
   shown <- df
   metric_cols <- setdiff(names(df), c("round", count_columns, "seconds"))
   shown[metric_cols] <- lapply(df[metric_cols], function(v) sprintf("%.4f", v))
@@ -71,7 +77,9 @@ format.fed_history <- function(x, ...) {
   table <- utils::capture.output(print.data.frame(shown, row.names = FALSE))
   last <- df[n, metric_cols, drop = FALSE]
   final <- paste(sprintf("%s %.4f", short_metric_names(metric_cols), unlist(last)), collapse = ", ")
-  c(header, table, sprintf("final: %s", final))
+  happened <- !is.na(events) & nzchar(events)
+  notes <- events[happened]
+  c(header, table, sprintf("final: %s", final), notes)
 }
 
 #' @rdname fed_history

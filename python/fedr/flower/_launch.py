@@ -389,7 +389,7 @@ def run(
         A :class:`FlowerRun` with the last good state, the history and
         ``out_dir``. A failed round (fewer usable updates than the process's
         ``min_clients``) or a refused one is a :class:`FlowerRoundWarning`
-        and a history row with ``failed = 1``; the state stays the last good one.
+        and a history row with ``round_failed = 1``; the state stays the last good one.
 
     Raises:
         FedTypeError: the model cannot travel.
@@ -454,7 +454,7 @@ def run(
         tail = "\n".join(lines[-25:])
         raise FedError(f"flwr run failed (exit status {code}) and left no state in {out_dir}; its output ends:\n{tail}")
     for row in history:
-        if row.get("failed"):
+        if row.get("round_failed"):
             warnings.warn(str(row.get("events") or f"round {row.get('round')} failed"), FlowerRoundWarning, stacklevel=2)
     return FlowerRun(load_state(state_path, process), history, out_dir)
 

@@ -261,11 +261,11 @@ class FedrStrategy(_Strategy):
         row["clients"] = ";".join(cid for cid, _ in pairs)
         row["seconds"] = time.monotonic() - self._started
         if output is None:
-            row["failed"] = 1
+            row["round_failed"] = 1
             self._record(row)
             return None, None
         self.state = output.state
-        row["failed"] = 0
+        row["round_failed"] = 0
         row.update(output.metrics)
         self._record(row)
         numbers = {k: v for k, v in output.metrics.items() if isinstance(v, int | float) and np.isfinite(v)}
@@ -313,7 +313,7 @@ class FedrStrategy(_Strategy):
 
     def _record(self, row: dict[str, Any]) -> None:
         self.history.append(row)
-        if self.out_dir and not row.get("failed"):
+        if self.out_dir and not row.get("round_failed"):
             save_state(self.state, os.path.join(self.out_dir, "state.npz"))
         self._write_history()
 
@@ -359,7 +359,7 @@ class FedrStrategy(_Strategy):
                 messages = self.configure_train(server_round, result.arrays, train_config or ConfigRecord(), grid)
             except FedError as err:
                 _log(ERROR, "the run stops before round %d: %s", self.state.round_num + 1, err)
-                self.history.append({"round": self.state.round_num + 1, "failed": 1, "events": f"refused: {err}"})
+                self.history.append({"round": self.state.round_num + 1, "round_failed": 1, "events": f"refused: {err}"})
                 self._write_history()
                 break
             replies = grid.send_and_receive(messages, timeout=timeout)
@@ -367,7 +367,12 @@ class FedrStrategy(_Strategy):
             if arrays is not None:
                 result.arrays = arrays
                 result.train_metrics_clientapp[server_round] = metrics
-                _log(INFO, "round %d: %s", self.state.round_num, dict(metrics))
+                row = self.history[-1]
+                shown = [f"{k} {v:.4f}" for k, v in row.items()
+                         if k not in ("round", "seconds", "round_failed") and not k.startswith("num_")
+                         and isinstance(v, float)]
+                _log(INFO, "round %d: %s; %d client(s), %.1f s", self.state.round_num, ", ".join(shown),
+                     int(row.get("num_clients", 0)), float(row.get("seconds", 0.0)))
             if self.evaluate:
                 replies = grid.send_and_receive(
                     self.configure_evaluate(server_round, result.arrays, evaluate_config or ConfigRecord(), grid),

@@ -63,6 +63,9 @@ test_that("nodes serve R data frames to a run started from R, with the in-proces
   expect_equal(history$loss, in_process$loss, tolerance = 1e-6)
   expect_equal(history$sparse_categorical_accuracy, in_process$sparse_categorical_accuracy, tolerance = 1e-6)
   expect_true(file.exists(file.path(attr(history, "out_dir"), "state.npz")))
+  printed <- capture.output(print(history))
+  expect_identical(printed[[1]], "<fed_history> 2 rounds of federated training")
+  expect_false(any(grepl("site_a;site_b", printed)))
 
   fed_flower_stop(b)
   expect_false(b$alive())
@@ -93,4 +96,18 @@ test_that("Flower functions check their arguments in R, naming them", {
   certs <- fed_flower_certificates(withr::local_tempdir())
   expect_named(certs, c("ca", "certfile", "keyfile"))
   expect_true(all(file.exists(unlist(certs))))
+})
+
+test_that("a Flower history prints its events after the table", {
+  rows <- list(c(round = 1, loss = 0.5, num_clients = 2, num_clients_failed = 1, round_failed = 0),
+               c(round = 2, num_clients_failed = 0, round_failed = 1))
+  history <- fedr:::new_fed_history(rows, NULL)
+  history$clients <- c("a;b", "a;b")
+  history$events <- c("round 1: 1 client(s) failed and were left out: b: NodeLost", "failed: round 2: only 0 of 2")
+  printed <- format(history)
+  expect_identical(printed[[1]], "<fed_history> 2 rounds of federated training")
+  expect_identical(tail(printed, 2), c("round 1: 1 client(s) failed and were left out: b: NodeLost",
+                                       "failed: round 2: only 0 of 2"))
+  expect_identical(history$round_failed, c(0L, 1L))
+  expect_false(any(grepl("a;b", printed)))
 })
