@@ -267,6 +267,17 @@ def krum_numpy(
 # --- kernel-backed functions -----------------------------------------------------
 
 
+def _dispatch(backend: Backend, numpy_fn: Any, kernel: str, updates: Updates, *args: Any) -> np.ndarray:
+    """``numpy_fn(updates, *args)``, or the C++ kernel of that name on the checked updates (its errors as FedValueError)."""
+    if not _use_kernel(backend):
+        return numpy_fn(updates, *args)
+    checked, _, _ = _check_updates(updates)
+    try:
+        return getattr(_kernels, kernel)(checked, *args)
+    except ValueError as err:
+        raise FedValueError(str(err)) from None
+
+
 def coordinate_median(updates: Updates, *, backend: Backend = "auto") -> np.ndarray:
     """Return the coordinate-wise median of K updates (Yin et al. 2018).
 
@@ -285,13 +296,7 @@ def coordinate_median(updates: Updates, *, backend: Backend = "auto") -> np.ndar
         FedTypeError: ``updates`` is not an array or a list of arrays.
         ImportError: ``backend="kernel"`` and the kernel is not built.
     """
-    if not _use_kernel(backend):
-        return median_numpy(updates)
-    checked, _, _ = _check_updates(updates)
-    try:
-        return _kernels.coordinate_median(checked)
-    except ValueError as err:
-        raise FedValueError(str(err)) from None
+    return _dispatch(backend, median_numpy, "coordinate_median", updates)
 
 
 def coordinate_trimmed_mean(updates: Updates, beta: float, *, backend: Backend = "auto") -> np.ndarray:
@@ -313,13 +318,7 @@ def coordinate_trimmed_mean(updates: Updates, beta: float, *, backend: Backend =
         ImportError: ``backend="kernel"`` and the kernel is not built.
     """
     b = _check_beta(beta)
-    if not _use_kernel(backend):
-        return trimmed_mean_numpy(updates, b)
-    checked, _, _ = _check_updates(updates)
-    try:
-        return _kernels.coordinate_trimmed_mean(checked, b)
-    except ValueError as err:
-        raise FedValueError(str(err)) from None
+    return _dispatch(backend, trimmed_mean_numpy, "coordinate_trimmed_mean", updates, b)
 
 
 def pairwise_sq_distances(updates: Updates, *, backend: Backend = "auto") -> np.ndarray:
@@ -342,13 +341,7 @@ def pairwise_sq_distances(updates: Updates, *, backend: Backend = "auto") -> np.
         FedTypeError: As :func:`coordinate_median`.
         ImportError: ``backend="kernel"`` and the kernel is not built.
     """
-    if not _use_kernel(backend):
-        return pairwise_sq_distances_numpy(updates)
-    checked, _, _ = _check_updates(updates)
-    try:
-        return _kernels.pairwise_sq_distances(checked)
-    except ValueError as err:
-        raise FedValueError(str(err)) from None
+    return _dispatch(backend, pairwise_sq_distances_numpy, "pairwise_sq_distances", updates)
 
 
 # --- aggregators -----------------------------------------------------------------

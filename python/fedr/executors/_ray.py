@@ -92,18 +92,10 @@ class _ClientActor:
 
 
 def _own_libpython_first() -> None:
-    """Put this Python's library directory first on LD_LIBRARY_PATH, for Ray's child processes.
+    """Put this Python's library directory first on LD_LIBRARY_PATH, for Ray's child processes (see fedr._r)."""
+    from fedr._r import own_libpython_first
 
-    Embedded in R, the environment carries R's LD_LIBRARY_PATH, which lists the
-    system's libpython: Ray's raylet and workers (this Python, started as new
-    processes) would load that one and fail ("undefined symbol" in ``_ssl``).
-    """
-    import sysconfig
-
-    libdir = sysconfig.get_config_var("LIBDIR")
-    current = os.environ.get("LD_LIBRARY_PATH")
-    if libdir and current and current.split(":")[0] != libdir:
-        os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}"
+    own_libpython_first(os.environ)
 
 
 def _ray_error(err: BaseException) -> str:

@@ -24,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from fedr._r import own_libpython_first
 from fedr.errors import FedError, FedValueError, FedWarning
 
 __all__ = ["FlowerProcess", "FlowerRoundWarning", "FlowerRun", "progress_line", "make_certificates", "run", "superlink", "supernode"]
@@ -58,11 +58,7 @@ def _env(home: str) -> dict[str, str]:
     env["FLWR_HOME"] = home
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONUNBUFFERED"] = "1"
-    # Started from R, LD_LIBRARY_PATH lists the system's libpython; the
-    # programs are this Python and must load its own (TOOLCHAIN pitfall 11).
-    libdir = sysconfig.get_config_var("LIBDIR")
-    if libdir and env.get("LD_LIBRARY_PATH"):
-        env["LD_LIBRARY_PATH"] = f"{libdir}:{env['LD_LIBRARY_PATH']}"
+    own_libpython_first(env)  # started from R, the programs must still load this Python's libpython
     return env
 
 
@@ -400,9 +396,11 @@ def run(
 
     if isinstance(rounds, bool) or not isinstance(rounds, int | np.integer) or rounds < 1:
         raise FedValueError(f"rounds: expected a positive integer, got {rounds!r}")
-    from fedr.flower._strategy import check_flower_aggregator
+    from fedr.flower._strategy import check_flower_run
 
-    check_flower_aggregator(getattr(process, "aggregator", None))
+    check_flower_run(process, min_nodes, fraction)
+    if isinstance(round_timeout, bool) or not isinstance(round_timeout, int | float) or not round_timeout > 0:
+        raise FedValueError(f"round_timeout: expected a positive number of seconds, got {round_timeout!r}")
     encoded = encode_process(process, state if state is not None else process.initialize())
     address = superlink.address if isinstance(superlink, FlowerProcess) else str(superlink)
     out_dir = os.path.abspath(out_dir or tempfile.mkdtemp(prefix="fedr-flower-run-"))

@@ -66,8 +66,6 @@ def to_json(value: Any) -> str:
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, tuple):
-        return list(value)
     raise TypeError(f"{type(value).__name__} is not plain data")
 
 

@@ -101,9 +101,11 @@ def load_node_data(config: Mapping[str, Any], key: str = "data") -> ClientData:
     if not os.path.exists(path):
         raise FileNotFoundError(f"node config `{key}`: no file or folder at {path!r}")
     label = str(config.get("label") or "label")
-    batch_size = int(config.get("batch-size") or 100)
-    stem = os.path.splitext(os.path.basename(path.rstrip(os.sep)))[0]
-    client_id = str(config.get("client-id") or stem)
+    try:
+        batch_size = int(config.get("batch-size") or 100)
+    except (TypeError, ValueError):
+        raise FedValueError(f"node config `batch-size`: expected a positive integer, got {config['batch-size']!r}") from None
+    client_id = _client_id(config)
     cache_key = (path, os.path.getmtime(path), label, batch_size, client_id, str(config.get("rows") or ""),
                  str(config.get("dataset") or ""), str(config.get("split") or ""))
     with _LOCK:
@@ -179,6 +181,7 @@ def _replica(config: Any, *, train: bool) -> Any:
 
 
 def _client_id(config: Mapping[str, Any]) -> str:
+    """The node's client id: ``client-id``, else the name of its ``data`` without the extension."""
     if config.get("client-id"):
         return str(config["client-id"])
     path = str(config.get("data") or "node")

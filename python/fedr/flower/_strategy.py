@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from fedr.errors import FedError, FedValueError, FedWarning
+from fedr.errors import FedError, FedTypeError, FedValueError, FedWarning
 from fedr.flower import _messages as wire
 from fedr.learning.client_update import ClientFailure, apply_client_step
 from fedr.learning.process import FedAvgProcess, combine_metrics, sample_clients
 from fedr.learning.state import ServerState, save_state
 
-__all__ = ["FedrStrategy", "check_flower_aggregator"]
+__all__ = ["FedrStrategy", "check_flower_aggregator", "check_flower_run"]
 
 try:  # Flower is optional for fedr as a whole; this module needs it.
     from flwr.serverapp.strategy import Strategy as _Strategy
@@ -62,6 +62,17 @@ def check_flower_aggregator(aggregator: Any) -> None:
             "nodes (key agreement, shares) that fedr's Flower app does not run yet; use it in-process or "
             "on Ray, or use mean, median, trimmed_mean, krum or differential privacy on Flower"
         )
+
+
+def check_flower_run(process: Any, min_nodes: Any, fraction: Any) -> None:
+    """Raise, naming the argument, for what a Flower run of ``process`` cannot take (checked before it starts)."""
+    if not isinstance(process, FedAvgProcess):
+        raise FedTypeError(f"process: expected a fedr FedAvgProcess, got {type(process).__name__}")
+    check_flower_aggregator(process.aggregator)
+    if isinstance(min_nodes, bool) or not isinstance(min_nodes, int | np.integer) or min_nodes < 1:
+        raise FedValueError(f"min_nodes: expected a positive integer, got {min_nodes!r}")
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        raise FedValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
 
 
 def _natural(client_id: str) -> list[Any]:
@@ -104,13 +115,7 @@ class FedrStrategy(_Strategy):
         out_dir: str | os.PathLike[str] | None = None,
         wait_timeout: float = 300.0,
     ) -> None:
-        if not isinstance(process, FedAvgProcess):
-            raise FedValueError(f"process: expected a fedr FedAvgProcess, got {type(process).__name__}")
-        check_flower_aggregator(process.aggregator)
-        if isinstance(min_nodes, bool) or not isinstance(min_nodes, int | np.integer) or min_nodes < 1:
-            raise FedValueError(f"min_nodes: expected a positive integer, got {min_nodes!r}")
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
-            raise FedValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
+        check_flower_run(process, min_nodes, fraction)
         self.process = process
         self.state = process.check_state(state) if state is not None else process.initialize()
         self.min_nodes = int(min_nodes)
