@@ -20,6 +20,12 @@ from typing import Any
 # from R; set TF_NUM_INTRAOP_THREADS yourself to choose otherwise.
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
+# Before anything imports TensorFlow: its load-time absl lines (oneDNN on
+# AVX-512 CPUs) ignore TF_CPP_MIN_LOG_LEVEL; fedr makes the level hold for them.
+from fedr import _tf_quiet  # noqa: E402
+
+_tf_quiet.install()
+
 from fedr import aggregators, datasets, errors, executors
 from fedr.computations import (
     CLIENTS,

@@ -2,9 +2,15 @@
 # trains one round prints no TensorFlow C++ log lines and no reticulate
 # warnings, outside and inside a Python project; with fedr.verbose or
 # TF_CPP_MIN_LOG_LEVEL=0 TensorFlow's lines do appear (so the checks can fail).
+# The CPU decides what TensorFlow prints: on x86 CPUs with AVX-512 it turns
+# oneDNN on and logs it through absl whatever TF_CPP_MIN_LOG_LEVEL says.
+# TF_ENABLE_ONEDNN_OPTS=1 makes any x86 CPU do the same, so every case runs
+# with it forced as well as with the CPU's own default.
 
 # What a default session must not print.
-noise <- c("I0000", "cpu_feature_guard", "absl::InitializeLog", "could not be parsed")
+noise <- c("I0000", "cpu_feature_guard", "absl::InitializeLog", "oneDNN custom operations", "could not be parsed")
+# What TensorFlow prints when nobody filters it, with oneDNN forced on.
+tf_lines <- c("I0000", "absl::InitializeLog", "oneDNN custom operations")
 
 # The script: keras is imported through reticulate first, as the README does,
 # so reticulate (not fedr) picks the Python and TensorFlow loads before fedr
@@ -31,13 +37,13 @@ quiet_script <- function(before = "") {
 # Run it in `dir` with the Python passed as the Makefile does (FEDR_PYTHON),
 # RETICULATE_PYTHON and TF_CPP_MIN_LOG_LEVEL unset unless given; stdout and
 # stderr together.
-run_child <- function(dir, before = "", tf_log_level = NA) {
+run_child <- function(dir, before = "", tf_log_level = NA, onednn = NA) {
   python <- reticulate::py_config()$python
   script <- quiet_script(before)
   on.exit(unlink(script))
   withr::local_envvar(
     FEDR_PYTHON = python, RETICULATE_PYTHON = NA, TF_CPP_MIN_LOG_LEVEL = tf_log_level,
-    GRPC_VERBOSITY = NA
+    TF_ENABLE_ONEDNN_OPTS = onednn, GRPC_VERBOSITY = NA
   )
   withr::local_dir(dir)
   rscript <- file.path(R.home("bin"), "Rscript")
@@ -85,6 +91,7 @@ fedr_repository <- function() {
 test_that("a session outside any project trains without TensorFlow or reticulate noise", {
   skip_if_no_fedr()
   expect_quiet(run_child(withr::local_tempdir()), "outside a project")
+  expect_quiet(run_child(withr::local_tempdir(), onednn = "1"), "outside a project, oneDNN forced on")
 })
 
 test_that("a session inside a Python project has no pyproject.toml warning", {
@@ -95,7 +102,7 @@ test_that("a session inside a Python project has no pyproject.toml warning", {
   expect_quiet(run_child(sub), "inside a Python project")
   repo <- fedr_repository()
   if (is.null(repo)) skip("the fedr repository is not on disk (run from an installed package)")
-  expect_quiet(run_child(repo), paste("inside the fedr repository", repo))
+  expect_quiet(run_child(repo, onednn = "1"), paste("inside the fedr repository", repo))
 })
 
 test_that("fedr.verbose and TF_CPP_MIN_LOG_LEVEL bring TensorFlow's lines back", {
@@ -104,15 +111,17 @@ test_that("fedr.verbose and TF_CPP_MIN_LOG_LEVEL bring TensorFlow's lines back",
   # With fedr's two settings off, the noise is there: the checks above can fail.
   loud <- run_child(project, before = sprintf(
     "options(fedr.verbose = TRUE, reticulate.poetry.project = '%s')", project
-  ))
+  ), onednn = "1")
   expect_identical(loud$status, 0L, info = loud$output)
   for (line in noise) {
     expect_true(grepl(line, loud$output, fixed = TRUE), info = paste0("'", line, "' missing from\n", loud$output))
   }
-  # A log level the user set wins over fedr's.
-  user <- run_child(withr::local_tempdir(), tf_log_level = "0")
-  expect_match(user$output, "cpu_feature_guard", fixed = TRUE)
-  expect_match(user$output, "absl::InitializeLog", fixed = TRUE)
+  # A log level the user set wins over fedr's, for the oneDNN lines too.
+  user <- run_child(withr::local_tempdir(), tf_log_level = "0", onednn = "1")
+  for (line in c("cpu_feature_guard", tf_lines)) expect_match(user$output, line, fixed = TRUE)
+  # TF_CPP_MIN_LOG_LEVEL=2 of the user's own hides them as it hides the rest.
+  set <- run_child(withr::local_tempdir(), tf_log_level = "2", onednn = "1")
+  expect_quiet(set, "TF_CPP_MIN_LOG_LEVEL=2 set by the user, oneDNN forced on")
 })
 
 test_that("library(fedr) sets TF_CPP_MIN_LOG_LEVEL only when the user has not", {
