@@ -22,9 +22,12 @@ os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 # Before anything imports TensorFlow: its load-time absl lines (oneDNN on
 # AVX-512 CPUs) ignore TF_CPP_MIN_LOG_LEVEL; fedr makes the level hold for them.
+# Quiet as R sessions are: TensorFlow's C++ INFO and WARNING lines off unless
+# the user chose a level (TF_CPP_MIN_LOG_LEVEL=0 shows them all).
 from fedr import _tf_quiet  # noqa: E402
 
-_tf_quiet.install()
+if _tf_quiet.install():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from fedr import aggregators, datasets, errors, executors
 from fedr.computations import (

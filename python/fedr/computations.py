@@ -446,13 +446,38 @@ def _stack(members: list[Any], argument: str) -> np.ndarray:
         raise FedValueError(f"{argument}: client values differ in shape ({err})") from None
 
 
-def _result_dtype(members: list[Any]) -> np.dtype:
-    first = np.asarray(_to_python(members[0]))
-    return first.dtype if first.dtype.kind == "f" else np.dtype(np.float32)
+def _member_dtype(members: list[Any]) -> np.dtype:
+    """The members' own dtype, as TensorFlow Federated keeps it (a float32 scalar stays float32).
+
+    numpy and TensorFlow values keep theirs; Python numbers (R numbers arrive as
+    them) are float64 and int64. Members of different dtypes take numpy's
+    promotion of them.
+    """
+
+    def dtype(member: Any) -> np.dtype:
+        if hasattr(member, "numpy") and callable(member.numpy):
+            member = member.numpy()
+        if isinstance(member, (np.ndarray, np.generic)):
+            return member.dtype
+        return np.asarray(_to_python(member)).dtype
+
+    return np.result_type(*[dtype(m) for m in members])
+
+
+def _no_clients(name: str) -> FedValueError:
+    # TensorFlow Federated returns the zero of the member type; fedr's values
+    # carry no type apart from their members, so with none there is no type.
+    return FedValueError(
+        f"value: {name} over zero clients: with no client values there is no member type to give the "
+        "result (TensorFlow Federated would return the zero of the declared type); pass at least one client"
+    )
 
 
 def federated_mean(value: Any, weight: Any = None) -> FederatedValue:
     """Average client values on the server, unweighted or weighted by ``weight``.
+
+    The result keeps the members' float dtype (float32 values give float32,
+    computed in float64); integer values give float32.
 
     Args:
         value: A federated value at ``CLIENTS`` (scalars or arrays of one shape).
@@ -468,6 +493,8 @@ def federated_mean(value: Any, weight: Any = None) -> FederatedValue:
             message starts with ``weight:``).
     """
     placed = _placed(value, "value")
+    if not placed.members:
+        raise _no_clients("federated_mean")
     stacked = _stack(placed.members, "value")
     if weight is None:
         mean = stacked.mean(axis=0)
@@ -482,22 +509,47 @@ def federated_mean(value: Any, weight: Any = None) -> FederatedValue:
         except FedValueError as err:
             raise FedValueError(f"weight: {err}") from None
         mean = np.tensordot(w / w.sum(), stacked, axes=1)
-    return FederatedValue([mean.astype(_result_dtype(placed.members))], SERVER, True)
+    dtype = _member_dtype(placed.members)
+    return FederatedValue([mean.astype(dtype if dtype.kind == "f" else np.float32)], SERVER, True)
 
 
 def federated_sum(value: Any) -> FederatedValue:
-    """Sum client values on the server.
+    """Sum client values on the server, keeping the members' dtype.
+
+    Integers are summed exactly and must fit their dtype (int32 members give
+    an int32 sum, as in TensorFlow Federated); floats are summed in float64 and
+    returned in their own dtype.
 
     Args:
         value: A federated value at ``CLIENTS``.
 
     Returns:
         A federated value at ``SERVER``.
+
+    Raises:
+        FedValueError: no clients (there is no member type to make a zero
+            of), values of different shapes, or an integer sum that overflows
+            the members' dtype.
     """
     placed = _placed(value, "value")
+    if not placed.members:
+        raise _no_clients("federated_sum")
+    dtype = _member_dtype(placed.members)
+    if dtype.kind in "iub":
+        try:
+            exact = np.stack([np.asarray(_to_python(m), dtype=object) for m in placed.members]).sum(axis=0)
+        except ValueError as err:
+            raise FedValueError(f"value: client values differ in shape ({err})") from None
+        info = np.iinfo(np.int64 if dtype.kind == "b" else dtype)
+        flat = np.asarray(exact, dtype=object).ravel()
+        if any(v > info.max or v < info.min for v in flat):
+            raise FedValueError(
+                f"value: the sum of the {len(placed.members)} {dtype} client values overflows {info.dtype} "
+                f"(range {info.min}..{info.max}); cast the values to a wider type (e.g. int64 or float64) first"
+            )
+        return FederatedValue([np.asarray(exact, dtype=info.dtype)], SERVER, True)
     total = _stack(placed.members, "value").sum(axis=0)
-    first = np.asarray(_to_python(placed.members[0]))
-    return FederatedValue([total.astype(first.dtype)], SERVER, True)
+    return FederatedValue([total.astype(dtype)], SERVER, True)
 
 
 def federated_broadcast(value: Any) -> FederatedValue:

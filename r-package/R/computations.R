@@ -27,7 +27,7 @@ tensor_type <- function(dtype = "float32", shape = integer()) {
   dims <- if (is.atomic(shape)) lapply(as.vector(shape), function(d) if (is.na(d)) NULL else d) else shape
   new_fed_type(fedr_call(
     fedr_module()$TensorType(unwrap_py(dtype), reticulate::tuple(dims)),
-    c("dtype", "shape")
+    c("dtype", "shape"), na_ok = "shape"
   ))
 }
 
@@ -197,8 +197,18 @@ as_federated_operand <- function(x, arg) {
     check_na(x, arg)
     x <- as.list(x)
   }
+  # An R integer member stays int32 in Python (reticulate makes it a Python
+  # int, i.e. int64), so federated_sum() gives an integer back and refuses an
+  # overflow, as R's own sum() of integers does.
+  if (is.list(x) && !is.object(x)) {
+    x <- lapply(x, function(m) {
+      if (is.integer(m) && length(m) == 1L && is.null(dim(m)) && !is.na(m)) fedr_numpy()$int32(m) else m
+    })
+  }
   as_py_value(x, arg)
 }
+
+fedr_numpy <- function() fedr_module("numpy")
 
 `%||%` <- function(x, y) if (is.null(x)) y else x
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedr.errors import FedTypeError, FedValueError
+from fedr.protocol.names import check_metric_names
 
 __all__ = ["Model", "ModelSpec", "from_keras_model", "model_spec", "optimizer_fn"]
 
@@ -165,9 +166,7 @@ def from_keras_model(
     elif not isinstance(metrics, (list, tuple)):
         metrics = [metrics]
     metric_objs = tuple(_as_metric(m) for m in metrics)
-    names = [m.name for m in metric_objs]
-    if len(set(names)) != len(names) or {"loss", "num_examples", "num_clients", "num_clients_dropped"} & set(names):
-        raise FedValueError(f"metrics: names must be unique and not reserved, got {names}")
+    check_metric_names(m.name for m in metric_objs)
 
     shape = _feature_shape(input_spec, dummy_batch)
     if shape is None:

@@ -1,0 +1,15 @@
+"""The round protocol's plain-data parts, free of TensorFlow: names every round writes.
+
+(DESIGN.md: messages, reserved names and seeds live here; more moves in as the
+round becomes one protocol for every transport.)
+"""
+
+from fedr.protocol.names import (
+    COUNT_COLUMNS,
+    RESERVED_METRICS,
+    RESERVED_PREFIXES,
+    check_metric_names,
+    is_reserved,
+)
+
+__all__ = ["COUNT_COLUMNS", "RESERVED_METRICS", "RESERVED_PREFIXES", "check_metric_names", "is_reserved"]
