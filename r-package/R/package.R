@@ -44,6 +44,9 @@ fedr_py <- NULL
   # user makes first also starts it, so this cannot wait for before_load.
   fedr_quiet_tensorflow()
   fedr_quiet_poetry()
+  # Whoever starts Python (fedr, or a reticulate::import("keras") of the
+  # user's), fedr's filter must be in place before TensorFlow loads.
+  setHook("reticulate.onPyInit", fedr_on_python_init)
   fedr_py <<- reticulate::import("fedr", delay_load = list(
     before_load = function() fedr_use_python(),
     on_error = function(e) fedr_abort(fedr_missing_message(conditionMessage(e)), class = "fedr_error_python")
@@ -159,7 +162,7 @@ fedr_find_python <- function(start = getwd()) {
     dir <- parent
   }
   # Last, the environment install_fedr() makes.
-  python <- file.path(fedr_env_path("r-fedr"), "bin", "python")
+  python <- fedr_env_python(fedr_env_path("r-fedr"))
   if (file.exists(python)) python else NULL
 }
 
@@ -208,6 +211,16 @@ fedr_quiet_tensorflow <- function() {
   Sys.setenv(TF_CPP_MIN_LOG_LEVEL = "2")
   .fedr$tf_log_level_set <- TRUE
   invisible(TRUE)
+}
+
+# Run by reticulate right after Python starts: `import fedr` installs the
+# filter that makes TF_CPP_MIN_LOG_LEVEL hold for TensorFlow's load-time absl
+# lines (oneDNN on CPUs with AVX-512 prints them whatever the level; see the
+# Python module fedr._tf_quiet). A Python without fedr is left alone here:
+# fedr's own import reports that, when a fedr function needs it.
+fedr_on_python_init <- function() {
+  ok <- tryCatch(reticulate::import("fedr._tf_quiet")$install(), error = function(e) FALSE)
+  invisible(isTRUE(ok))
 }
 
 # reticulate (1.28) picks a Python by looking, before use_python() and its
