@@ -208,7 +208,18 @@ class WeightedMeanAccumulator {
   WeightedMeanAccumulator(py::ssize_t n, py::ssize_t num_threads)
       : threads_(thread_count(num_threads)) {
     if (n < 0) fail("n must be >= 0, got " + std::to_string(n));
-    sum_.assign(static_cast<std::size_t>(n), 0.0);
+    // std::vector's own messages ("cannot create std::vector larger than
+    // max_size()", "std::bad_alloc") do not say which size or why.
+    const auto bytes = static_cast<double>(n) * sizeof(double);
+    try {
+      if (static_cast<std::size_t>(n) > sum_.max_size()) throw std::length_error("max_size");
+      sum_.assign(static_cast<std::size_t>(n), 0.0);
+    } catch (const std::exception&) {
+      std::ostringstream s;
+      s << "n: a running sum of " << n << " float64 values (" << bytes / (1024.0 * 1024 * 1024)
+        << " GiB) cannot be allocated; n is the number of model weights";
+      fail(s.str());
+    }
   }
 
   void add(const py::object& update, double weight) {
@@ -227,7 +238,25 @@ class WeightedMeanAccumulator {
       s << "total weight would overflow to " << total;
       fail(s.str());
     }
-    if (weight > 0.0) fedr::accumulate_scaled(src, weight, sum_.size(), sum_.data(), threads_);
+    if (weight > 0.0) {
+      // sum_ holds sum_i (w_i / 2^e) x_i with 2^e the largest weight's power
+      // of two (see fedr::weight_exponent): tiny weights (a total of 1e-320)
+      // neither underflow the sum nor make 1 / total Inf, and for normal
+      // weights the power-of-two scaling is exact (the same bits as unscaled).
+      int e = 0;
+      std::frexp(weight, &e);
+      if (scaled_total_ == 0.0) {
+        exponent_ = e;
+      } else if (e > exponent_) {
+        const double shrink = std::ldexp(1.0, exponent_ - e);
+        for (double& v : sum_) v *= shrink;
+        scaled_total_ *= shrink;
+        exponent_ = e;
+      }
+      const double w = std::ldexp(weight, -exponent_);
+      fedr::accumulate_scaled(src, w, sum_.size(), sum_.data(), threads_);
+      scaled_total_ += w;
+    }
     total_ = total;
     ++count_;
   }
@@ -243,7 +272,7 @@ class WeightedMeanAccumulator {
         << " update(s); add an update with a positive weight first";
       fail(s.str());
     }
-    fedr::scale_into(sum_.data(), 1.0 / total_, sum_.size(), dst, threads_);
+    fedr::scale_into(sum_.data(), 1.0 / scaled_total_, sum_.size(), dst, threads_);
     return out;
   }
 
@@ -252,6 +281,8 @@ class WeightedMeanAccumulator {
     std::lock_guard<std::mutex> lock(mutex_);
     std::fill(sum_.begin(), sum_.end(), 0.0);
     total_ = 0.0;
+    scaled_total_ = 0.0;
+    exponent_ = 0;
     count_ = 0;
   }
 
@@ -277,6 +308,8 @@ class WeightedMeanAccumulator {
  private:
   std::vector<double> sum_;
   double total_ = 0.0;
+  double scaled_total_ = 0.0;  // sum_i w_i / 2^exponent_
+  int exponent_ = 0;
   std::size_t count_ = 0;
   std::size_t threads_;
   // add/result/reset run without the GIL, so the object guards itself.

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstddef>
 #include <memory>
 #include <thread>
@@ -273,6 +274,16 @@ inline std::size_t choose_threads(std::size_t elements, std::size_t n, std::size
   return std::max<std::size_t>(1, std::min(t, max_pieces));
 }
 
+// The exponent e of the largest weight (max w = m 2^e, m in [0.5, 1)), or 0
+// when every weight is zero: dividing the weights by 2^e is exact.
+inline int weight_exponent(const double* w, std::size_t k) {
+  double largest = 0.0;
+  for (std::size_t i = 0; i < k; ++i) largest = std::max(largest, w[i]);
+  int e = 0;
+  if (largest > 0.0) std::frexp(largest, &e);
+  return e;
+}
+
 // out[j] = sum_i w[i] * xs[i][j] / sum_i w[i] for j < n, accumulated in
 // float64. Preconditions (checked by the caller): k >= 1, every w[i] finite
 // and >= 0, sum_i w[i] finite and > 0, xs[i] and out hold n elements each,
@@ -284,14 +295,24 @@ template <typename T>
 void weighted_average(const T* const* xs, const double* w, std::size_t k, std::size_t n, T* out,
                       std::size_t threads = 0) {
   if (n == 0) return;
+  // Weights scaled by a power of two so that the largest lies in [0.5, 1):
+  // 1 / total then stays finite however small the weights are (a total of
+  // 1e-320 would make it Inf), and for weights in the normal range the
+  // scaling is exact, so the result is bit for bit that of the raw weights.
+  std::unique_ptr<double[]> scaled(new double[k]);
+  const int e = weight_exponent(w, k);
   double total = 0.0;
-  for (std::size_t i = 0; i < k; ++i) total += w[i];
+  for (std::size_t i = 0; i < k; ++i) {
+    scaled[i] = std::ldexp(w[i], -e);
+    total += scaled[i];
+  }
   const double scale = 1.0 / total;
   const std::size_t t = choose_threads(k * n, n, threads);
   const std::size_t unit = t > 1 ? detail::piece_size(n, t, kBlock) : std::min(n, kBlock);
   std::unique_ptr<double[]> scratch(new double[unit * t]);
+  const double* sw = scaled.get();
   detail::parallel_for(n, t, unit, [&](std::size_t slot, std::size_t begin, std::size_t end) {
-    detail::weighted_average_range(xs, w, k, scale, begin, end, out, scratch.get() + slot * unit);
+    detail::weighted_average_range(xs, sw, k, scale, begin, end, out, scratch.get() + slot * unit);
   });
 }
 

@@ -96,8 +96,8 @@ def test_a_reply_becomes_the_client_output_and_a_malformed_one_a_failure():
 def test_the_process_travels_with_its_state_and_comes_back_the_same():
     process = _process(aggregator=aggregators.median())
     state, _ = process.next(process.initialize(), datasets.make_clients(
-        np.random.default_rng(0).integers(0, 255, (40, 28, 28), dtype=np.uint8),
-        np.arange(40) % 10, 2, batch_size=10))
+        np.random.default_rng(0).integers(0, 255, (60, 28, 28), dtype=np.uint8),
+        np.arange(60) % 10, 3, batch_size=10))
     rebuilt, back = decode_process(encode_process(process, state))
     assert repr(rebuilt.aggregator) == repr(process.aggregator)
     assert rebuilt.seed == 1 and back.round_num == 1
@@ -207,7 +207,7 @@ def test_two_nodes_give_the_in_process_weights_and_a_killed_node_is_reported(fas
 
     started = []
     try:
-        link = flower.superlink()
+        link = flower.superlink(root=str(tmp_path))  # runs may write inside tmp_path only
         started.append(link)
         nodes = _nodes(link, 2)
         started += nodes
@@ -249,7 +249,7 @@ def test_a_failed_round_keeps_the_last_good_state_and_is_reported(fashion, flowe
 
     started = []
     try:
-        link = flower.superlink()
+        link = flower.superlink(root=str(tmp_path))  # runs may write inside tmp_path only
         started.append(link)
         started += _nodes(link, 1)
         # Every client must answer (min_clients = 1.0) but the only node's data does not fit the model.
@@ -279,8 +279,11 @@ def test_a_federation_over_tls(fashion, flower_home, tmp_path):
     _, clients = fashion
 
     def dp_process() -> learning.FedAvgProcess:
-        # Differential privacy: clipping runs on the server when a node's update arrives.
-        return _process(aggregator=privacy.gaussian_fixed(noise_multiplier=0.5, clients_per_round=1, clip=0.5))
+        # Differential privacy: clipping runs on the server when a node's update arrives. The same
+        # weights on Flower as in-process need reproducible noise: noise_seed (tests only; it warns).
+        with pytest.warns(privacy.ReproducibleNoiseWarning):
+            dp = privacy.gaussian_fixed(noise_multiplier=0.5, clients_per_round=1, clip=0.5, noise_seed=3)
+        return _process(aggregator=dp)
 
     reference = dp_process()
     expected, expected_metrics = reference.next(reference.initialize(), clients[:1])
@@ -330,6 +333,7 @@ def test_the_documented_commands_run_the_example_app(fashion, flower_home, tmp_p
     os.makedirs(home)
     port = flower.free_port()
     env = _env(home)
+    env["FEDR_FLOWER_ROOT"] = str(tmp_path)  # the folder the SuperLink's owner lets runs write to
     started = []
     try:
         started.append(subprocess.Popen(

@@ -16,6 +16,7 @@ import textwrap
 import pytest
 
 from fedr import _tf_quiet
+from fedr._r import own_libpython_first
 
 # Lines as TensorFlow 2.21 prints them (captured on an Intel Xeon with AMX).
 PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
@@ -58,6 +59,7 @@ def test_min_log_level_reads_the_environment_as_tensorflow_does(value, level):
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
     full.update(env)
+    own_libpython_first(full)  # an earlier test may have started R (rpy2), which sets LD_LIBRARY_PATH
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], env=full, capture_output=True, text=True, timeout=120
     )
@@ -103,6 +105,7 @@ def test_importing_tensorflow_after_fedr_is_quiet_with_onednn_forced_on():
 def test_python_m_fedr_demo_is_quiet_with_onednn_forced_on(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",)}
     env["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    own_libpython_first(env)
     run = subprocess.run(
         [sys.executable, "-m", "fedr", "demo", "--rounds", "1"],
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,

@@ -288,7 +288,7 @@ def test_round_errors_are_clear():
         (dict(bits=16), "bits: expected 32 or 64"),
         (dict(clip_range=0), "clip_range"),
         (dict(neighbors=3), "even"),
-        (dict(threshold=1.5), r"fraction must be in \(0, 1\]"),
+        (dict(threshold=1.5), r"fraction must be in \(0.5, 1\]"),
     ]:
         with pytest.raises(FedValueError, match=match):
             secure_sum(**bad)

@@ -276,6 +276,28 @@ def _load(
     raise DatasetNotFoundError(f"{name} files not found. fedr looked in:\n{where}\n{hint}")
 
 
+def _labels(array: np.ndarray, file: Path, name: str, num_classes: int) -> np.ndarray:
+    """A label file's values as int64, each a whole number naming one of the ``num_classes`` classes.
+
+    A label beyond the class names (or a fraction, which a cast would truncate)
+    cannot be right: the file is not this dataset's, or it is corrupt.
+    """
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise FedValueError(f"{file}: label {array[i]!r} at index {i} is not a whole number (a class id)")
+    labels = array.astype(np.int64)
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise FedValueError(
+            f"{file}: label {int(labels[i])} at index {i} is not a class of {name}, which has "
+            f"{num_classes} classes (labels 0..{num_classes - 1}); {int(bad.sum())} label(s) out of range"
+        )
+    return labels
+
+
 def _read_dataset(name: str, files: dict[str, Path], class_names: tuple[str, ...]) -> Dataset:
     arrays = {}
     for part, file in files.items():
@@ -283,7 +305,7 @@ def _read_dataset(name: str, files: dict[str, Path], class_names: tuple[str, ...
         want = 3 if part.startswith("x") else 1
         if array.ndim != want:
             raise FedValueError(f"{file}: expected a {want}-D array, got shape {array.shape}")
-        arrays[part] = array if want == 3 else array.astype(np.int64)
+        arrays[part] = array if want == 3 else _labels(array, file, name, len(class_names))
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if len(x) != len(y):
@@ -310,7 +332,7 @@ def load_fashion_mnist(path: PathLike | None = None) -> Dataset:
     Raises:
         DatasetNotFoundError: no directory holds the four files; the message lists
             every directory looked in.
-        FedValueError: a file is corrupt or truncated.
+        FedValueError: a file is corrupt or truncated, or a label is not one of the 10 classes.
     """
     hint = (
         "Install them with `apt-get install dataset-fashion-mnist` (or `make setup`), "
@@ -336,7 +358,7 @@ def load_kmnist(path: PathLike | None = None) -> Dataset:
     Raises:
         DatasetNotFoundError: no directory holds the files; the message lists
             every directory looked in.
-        FedValueError: a file is corrupt or truncated.
+        FedValueError: a file is corrupt or truncated, or a label is not one of the 10 classes.
     """
     hint = (
         "Download the four files (kmnist-*-imgs.npz and kmnist-*-labels.npz, or the IDX "

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from fedr._seeds import check_seed
 from fedr.errors import FedTypeError, FedValueError
 
 __all__ = [
@@ -570,6 +571,8 @@ def deep_leakage(
             raise FedValueError(f"{what}: expected arrays of shapes {shapes}, got {[a.shape for a in arrays]}")
         return arrays
 
+    # numpy's own message ("SeedSequence expects int ...") would not name the argument.
+    seed = check_seed(seed)
     observed = [np.asarray(g, np.float64) for g in as_arrays(gradients, "gradients")]
     if learning_rate is not None:
         if not learning_rate > 0:
@@ -721,7 +724,15 @@ def _dp_sum(
     except ImportError:
         gaussian_fixed = None
     if gaussian_fixed is not None:
-        agg = gaussian_fixed(noise_multiplier, clients_per_round, clip)
+        import warnings
+
+        from fedr.privacy import ReproducibleNoiseWarning
+
+        # A demonstration of what the server sees, repeatable by its seed: reproducible
+        # noise on purpose (it would void a real guarantee, hence fedr's warning, silenced here).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ReproducibleNoiseWarning)
+            agg = gaussian_fixed(noise_multiplier, clients_per_round, clip, noise_seed=seed)
         state = agg.init()
         ids = [f"client_{i}" for i in range(len(flats))]
         context = agg.start_round(state, ids, seed=np.random.SeedSequence(seed))

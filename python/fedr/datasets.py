@@ -45,6 +45,7 @@ from fedr._client_data import (
     as_client_data,
     as_labels,
 )
+from fedr._seeds import check_seed
 from fedr.errors import FedTypeError, FedValueError
 
 __all__ = [
@@ -146,8 +147,9 @@ def read_rds(
         ImportError: rpy2 or R is missing (``pip install 'rpy2==3.5.17'``).
         FileNotFoundError: there is no such file.
         FedTypeError: an object is not client data, or a column is not numeric.
-        FedValueError: a missing label column, NA or NaN values, labels that
-            are not class ids, or lengths that differ.
+        FedValueError: a file R cannot read (corrupt or not from ``saveRDS``),
+            a missing label column, NA or NaN values, labels that are not
+            class ids, or lengths that differ.
     """
     from fedr import rdata
 
@@ -216,7 +218,9 @@ def split_indices(
     ranges = list(pairwise((np.arange(n_clients + 1, dtype=np.int64) * n // n_clients).tolist()))
     if method == "sequential":
         return [np.arange(a, b, dtype=np.int64) for a, b in ranges]
-    rng = np.random.default_rng(seed)
+    # A Generator is used as is; anything else is a seed (numpy's own message
+    # for a bad one, "SeedSequence expects int ...", names no argument).
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(check_seed(seed))
     if method == "iid":
         order = rng.permutation(n).astype(np.int64)
         return [order[a:b].copy() for a, b in ranges]

@@ -263,13 +263,27 @@ def read_rds(
 
     Raises:
         FileNotFoundError: no such file.
+        FedValueError: the file is not one R can read (corrupt, truncated,
+            not written by ``saveRDS``); the message names it.
         FedTypeError, FedValueError: as :func:`client_data_from_r`.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no .rds file at {path!r}")
     ro = _robjects()
-    obj = ro.r["readRDS"](path)
+    # R catches its own error, so its console does not print it and the
+    # message can name the file (R's "unknown input format" names none).
+    read = ro.r(
+        "function(f) tryCatch(readRDS(f), error = function(e) "
+        "structure(list(conditionMessage(e)), class = 'fedr_read_error'))"
+    )
+    obj = read(path)
+    if "fedr_read_error" in _rclass(obj):
+        why = str(obj[0][0]).strip()
+        raise FedValueError(
+            f"path: {path!r} is not an R data file that readRDS() can read ({why}); "
+            "write it with saveRDS() in R"
+        )
     if "list" in _rclass(obj) and not _is_client_list(obj) and not _is_data_frame(obj):
         return clients_from_r(obj, label=label, batch_size=batch_size)
     stem = os.path.splitext(os.path.basename(path))[0]

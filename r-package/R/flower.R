@@ -35,6 +35,9 @@
 #'   port); `NULL` picks a free one.
 #' @param certificates For TLS: the list `fed_flower_certificates()`
 #'   returns. `NULL` runs without TLS, for loopback only.
+#' @param root The folder runs may write to and resume from (their
+#'   `out_dir`); a path outside it is refused. `NULL`: a new temporary
+#'   folder, kept after the SuperLink stops.
 #' @returns `fed_flower_superlink()` and `fed_flower_node()`: a
 #'   `fed_flower_process` handle; `handle$stop()` (or
 #'   `fed_flower_stop(handle)`) stops it, `handle$kill()` kills it at once,
@@ -58,12 +61,13 @@
 #' history <- fed_flower_run(fed_averaging(model, fed_optimizer("sgd", 0.1), seed = 1), rounds = 3, superlink = link)
 #' history
 #' a$stop(); b$stop(); link$stop()
-fed_flower_superlink <- function(host = "127.0.0.1", port = NULL, certificates = NULL) {
+fed_flower_superlink <- function(host = "127.0.0.1", port = NULL, certificates = NULL, root = NULL) {
   host <- check_string(host, "host")
   if (!is.null(port)) port <- as_integer(port, "port")
+  if (!is.null(root)) root <- check_string(root, "root")
   flower <- fedr_module("fedr.flower")
-  py <- fedr_call(flower$superlink(host, port, certificates = as_certificates(certificates)),
-                  arg = c("host", "port", "certificates"))
+  py <- fedr_call(flower$superlink(host, port, certificates = as_certificates(certificates), root = root),
+                  arg = c("host", "port", "certificates", "root"))
   new_fed_flower_process(py)
 }
 
@@ -80,7 +84,8 @@ fed_flower_superlink <- function(host = "127.0.0.1", port = NULL, certificates =
 #' @param batch_size Rows per batch on the node (default 100).
 #' @param rows For a dataset folder or file: `"a:b"`, rows a to b-1 only.
 #' @param root_certificates The CA certificate (`certificates$ca`) to check
-#'   the SuperLink's TLS certificate; `NULL` connects without TLS.
+#'   the SuperLink's TLS certificate; `NULL` connects without TLS, which only
+#'   a SuperLink on loopback (`127.0.0.1`) accepts.
 #' @export
 fed_flower_node <- function(data, superlink, client_id = NULL, label = "label", client = 1L,
                             batch_size = NULL, rows = NULL, root_certificates = NULL) {
@@ -100,6 +105,14 @@ fed_flower_node <- function(data, superlink, client_id = NULL, label = "label", 
   } else if (is.character(data)) {
     source <- check_string(data, "data")
     if (!file.exists(source)) fedr_abort(sprintf("`data`: no file or folder at '%s'.", source), "data")
+    if (grepl("\\.rds$", source, ignore.case = TRUE)) {
+      # Read here, where the error can name the file (R's own "unknown input
+      # format" names none), not first on the node.
+      tryCatch(readRDS(source), error = function(e) fedr_abort(sprintf(
+        "`data`: '%s' is not an R data file that readRDS() can read (%s); write it with saveRDS().",
+        source, conditionMessage(e)
+      ), "data"))
+    }
   } else if (is.data.frame(data) || is.matrix(data) || (is.list(data) && all(c("x", "y") %in% names(data)))) {
     if (is.data.frame(data) || is.matrix(data)) {
       columns <- colnames(data)
@@ -143,8 +156,8 @@ fed_flower_node <- function(data, superlink, client_id = NULL, label = "label", 
 #' @param state The state to start from (default: the process's initial
 #'   state), e.g. from [fed_load_state()] or an earlier run.
 #' @param out_dir Where the server writes `state.npz` (after every round)
-#'   and `history.csv`; default a temporary folder. On the SuperLink's
-#'   machine.
+#'   and `history.csv`; on the SuperLink's machine, inside its `root`
+#'   (default a new folder there).
 #' @param min_nodes Nodes that must be connected before a round starts.
 #' @param fraction Share of the nodes that train each round (seeded).
 #' @param evaluate Also evaluate each round's model on the nodes (`eval_`
@@ -166,6 +179,10 @@ fed_flower_run <- function(process, rounds, superlink, state = NULL, out_dir = N
   if (!is.null(root_certificates)) root_certificates <- check_string(root_certificates, "root_certificates")
   start <- if (is.null(state)) NULL else as_state(state)$py
   flower <- fedr_module("fedr.flower")
+  superlink <- as_superlink(superlink)
+  # TLS for a remote SuperLink and out_dir inside its root: checked once, in Python, named here.
+  out_dir <- fedr_call(flower$check_run_target(superlink, root_certificates, out_dir),
+                       arg = c("superlink", "root_certificates", "out_dir"))
   progress <- if (verbose) {
     function(line) {
       shown <- reticulate::py_to_r(flower$progress_line(line))
@@ -173,7 +190,7 @@ fed_flower_run <- function(process, rounds, superlink, state = NULL, out_dir = N
     }
   }
   out <- fedr_call_warning(
-    flower$run, process$py, rounds, as_superlink(superlink), state = start, out_dir = out_dir,
+    flower$run, process$py, rounds, superlink, state = start, out_dir = out_dir,
     min_nodes = min_nodes, fraction = fraction, evaluate = evaluate, round_timeout = round_timeout,
     root_certificates = root_certificates, progress = progress
   )

@@ -1,21 +1,33 @@
 # The training history of fed_fit(): a data frame with print, plot and as.data.frame.
 
-# Columns of counts, not metrics: shown last, not plotted or averaged.
-count_columns <- c("num_examples", "num_clients", "num_clients_dropped", "num_clients_failed",
-                   "eval_num_examples", "eval_num_clients", "eval_num_clients_dropped", "eval_num_clients_failed",
-                   "round_failed")
+# Columns of counts, not metrics: shown last, not plotted or averaged. The
+# list has one owner, the Python core's fedr.protocol (with the names a user's
+# metric may not take); a history keeps its own copy so that printing one
+# read back from a file needs no Python.
+count_columns <- function(x = NULL) {
+  kept <- attr(x, "count_columns")
+  if (!is.null(kept)) {
+    return(kept)
+  }
+  if (is.null(.fedr$count_columns)) {
+    base <- as.character(reticulate::py_to_r(fedr_module("fedr.protocol")$COUNT_COLUMNS))
+    .fedr$count_columns <- c(base, paste0("eval_", setdiff(base, "round_failed")))
+  }
+  .fedr$count_columns
+}
 
 new_fed_history <- function(rows, state) {
+  counted <- count_columns()
   names_all <- unique(unlist(lapply(rows, names)))
   columns <- lapply(names_all, function(n) vapply(rows, function(r) unname(r[n]), numeric(1)))
   names(columns) <- names_all
   df <- list2DF(columns)
-  counts <- intersect(c("round", count_columns), names(df))
+  counts <- intersect(c("round", counted), names(df))
   df[counts] <- lapply(df[counts], as.integer)
   # Counts and time last, after the metrics.
-  last <- c(count_columns, "seconds")
+  last <- c(counted, "seconds")
   df <- df[c(setdiff(names(df), last), intersect(last, names(df)))]
-  structure(df, state = state, class = c("fed_history", "data.frame"))
+  structure(df, state = state, count_columns = counted, class = c("fed_history", "data.frame"))
 }
 
 #' Federated training history
@@ -68,7 +80,7 @@ format.fed_history <- function(x, ...) {
   events <- if ("events" %in% text_cols) df$events else character()
   df <- df[setdiff(names(df), text_cols)]
   shown <- df
-  metric_cols <- setdiff(names(df), c("round", count_columns, "seconds"))
+  metric_cols <- setdiff(names(df), c("round", count_columns(x), "seconds"))
   shown[metric_cols] <- lapply(df[metric_cols], function(v) sprintf("%.4f", v))
   if ("seconds" %in% names(df)) shown$seconds <- sprintf("%.2f", df$seconds)
   names(shown) <- short_metric_names(names(shown))
@@ -136,7 +148,11 @@ plot.fed_history <- function(x, metrics = NULL, ..., engine = getOption("fedr.pl
 
 # The metrics to draw: by default the accuracy, the loss and (when accounted) epsilon;
 # validation columns go with their training metric.
-history_metrics <- function(df, metrics) {
+history_metrics <- function(df, metrics, arg = "x") {
+  if (!nrow(df)) {
+    # Else the message would be about `metrics`, listing no column at all.
+    fedr_abort(sprintf("`%s` is an empty history (no round finished): there is nothing to plot.", arg), arg)
+  }
   if (is.null(metrics)) {
     accuracy <- grep("accuracy", setdiff(names(df), grep("^val_", names(df), value = TRUE)), value = TRUE)
     metrics <- c(utils::head(accuracy, 1L), intersect(c("loss", "epsilon"), names(df)))
@@ -188,7 +204,7 @@ autoplot.fed_history <- function(object, metrics = NULL, ...) {
   if (!requireNamespace("ggplot2", quietly = TRUE)) {
     fedr_abort("autoplot() needs the ggplot2 package (Debian: r-cran-ggplot2).")
   }
-  history_ggplot(as.data.frame(object), history_metrics(as.data.frame(object), metrics))
+  history_ggplot(as.data.frame(object), history_metrics(as.data.frame(object), metrics, "object"))
 }
 
 # `.data` for ggplot2's aes() without a global-variable NOTE.

@@ -11,7 +11,10 @@
 #' @param model_fn A function with no arguments returning a new, uncompiled
 #'   Keras model. It is called when the model is checked here, by
 #'   [fed_averaging()], and once more for each worker a round uses (each
-#'   trains its own copy), so it must build a fresh model each time.
+#'   trains its own copy), so it must build a fresh model each time. A built
+#'   Keras model is accepted too: each copy is then
+#'   `keras$models$clone_model(model)` with the model's current weights, so
+#'   training starts from them.
 #' @param loss A Keras loss: a name such as
 #'   `"sparse_categorical_crossentropy"`, a loss object, a function with no
 #'   arguments returning one, or a loss written in R,
@@ -38,6 +41,7 @@
 #' model
 fed_model <- function(model_fn, loss = "sparse_categorical_crossentropy",
                       metrics = "sparse_categorical_accuracy", sample_batch = NULL) {
+  if (is_keras_model(model_fn)) model_fn <- cloning_model_fn(model_fn)
   check_function(model_fn, "model_fn")
   if (!is_r_function(loss)) check_keras_spec(loss, "loss", single = TRUE)
   if (!is_r_function(metrics)) check_keras_spec(metrics, "metrics", single = FALSE)
@@ -56,7 +60,7 @@ fed_model <- function(model_fn, loss = "sparse_categorical_crossentropy",
     )
   }
   # Build once now: a wrong model, loss or shape fails here, in R, with its message.
-  example <- fedr_call(build())
+  example <- fedr_call(build(), arg = c("metrics", "loss"))
   structure(
     list(
       py_fn = reticulate::py_func(build),
@@ -65,6 +69,26 @@ fed_model <- function(model_fn, loss = "sparse_categorical_crossentropy",
     ),
     class = "fed_model"
   )
+}
+
+# A built Keras model (callable, so it passes for a function; called with no
+# inputs Keras would fail with "missing a required argument: 'inputs'").
+is_keras_model <- function(x) {
+  inherits(x, "python.builtin.object") &&
+    reticulate::py_to_r(reticulate::import_builtins(convert = FALSE)$isinstance(x, fedr_module("keras")$Model))
+}
+
+# A built model as a model function, as keras3 users pass models: every call
+# clones its architecture (keras.models.clone_model) and copies its current
+# weights, so each worker trains its own copy, starting where the model is.
+cloning_model_fn <- function(model) {
+  force(model) # the caller rebinds its `model_fn` to this function
+  keras <- fedr_module("keras")
+  function() {
+    copy <- keras$models$clone_model(model)
+    copy$set_weights(model$get_weights())
+    copy
+  }
 }
 
 # A loss name as a fresh Keras loss object ("mean_squared_error" ->

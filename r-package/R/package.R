@@ -17,10 +17,10 @@
 #'   is already set, fedr sets it to `"2"`, so TensorFlow's C++ INFO and
 #'   WARNING lines (`cpu_feature_guard`, `oneDNN custom operations`, absl's
 #'   "All log messages before absl::InitializeLog() ..." preamble) are not
-#'   printed; errors still are. `TRUE`, set before TensorFlow first loads
-#'   (before `library(fedr)`, or before fedr first uses Python), leaves
-#'   TensorFlow's logging as it is. A `TF_CPP_MIN_LOG_LEVEL` you set yourself
-#'   always wins.
+#'   printed, on any CPU; errors still are. `TRUE`, set before TensorFlow
+#'   first loads (before `library(fedr)`, or before fedr first uses Python),
+#'   sets it to `"0"`: TensorFlow's logging as it is. A `TF_CPP_MIN_LOG_LEVEL`
+#'   you set yourself always wins.
 #'
 #' When the working directory is inside a Python project whose
 #' `pyproject.toml` is not a Poetry project (such as the fedr repository),
@@ -200,17 +200,18 @@ fedr_quiet_tensorflow <- function() {
   verbose <- isTRUE(getOption("fedr.verbose", FALSE))
   if (isTRUE(.fedr$tf_log_level_set)) {
     if (verbose && identical(Sys.getenv("TF_CPP_MIN_LOG_LEVEL"), "2")) {
-      Sys.unsetenv("TF_CPP_MIN_LOG_LEVEL")
+      Sys.setenv(TF_CPP_MIN_LOG_LEVEL = "0")
       .fedr$tf_log_level_set <- FALSE
     }
     return(invisible(!verbose))
   }
-  if (verbose || nzchar(Sys.getenv("TF_CPP_MIN_LOG_LEVEL"))) {
+  if (nzchar(Sys.getenv("TF_CPP_MIN_LOG_LEVEL"))) {
     return(invisible(FALSE))
   }
-  Sys.setenv(TF_CPP_MIN_LOG_LEVEL = "2")
-  .fedr$tf_log_level_set <- TRUE
-  invisible(TRUE)
+  # Verbose is level 0, said explicitly: `import fedr` would otherwise choose 2.
+  Sys.setenv(TF_CPP_MIN_LOG_LEVEL = if (verbose) "0" else "2")
+  .fedr$tf_log_level_set <- !verbose
+  invisible(!verbose)
 }
 
 # Run by reticulate right after Python starts: `import fedr` installs the

@@ -8,30 +8,61 @@
 #' the clipped updates, adds Gaussian noise of standard deviation
 #' `noise_multiplier * clip` per coordinate and divides by
 #' `clients_per_round`. `fed_aggregator_dp_adaptive()` adapts the clip to a
-#' quantile of the update norms (Andrew et al. 2021): it grows when most
-#' updates are clipped and shrinks when few are.
+#' quantile of the update norms (Andrew et al. 2021, as TensorFlow Privacy):
+#' it grows when most updates are clipped and shrinks when few are; the
+#' fraction of unclipped updates is released from the centred count (each
+#' client counts +1/2 or -1/2), noised and clamped to `[0, 1]`.
+#'
+#' The noise comes from the operating system's cryptographic generator,
+#' fresh at every round: the process `seed` repeats the learning (initial
+#' weights, Dropout, sampling) but never the noise, so nobody who knows or
+#' guesses the seed can remove it. `noise_seed` makes the noise reproducible
+#' for tests, with a warning (class `fedr_warning`) that it voids the
+#' guarantee.
 #'
 #' With `population_size` and `target_delta`, every round reports `epsilon`
-#' (from Google's dp-accounting RDP accountant) next to `clip` in the
-#' training history; with `max_epsilon`, a round that would spend more is
-#' refused before any client trains. Non-trainable variables (BatchNorm
-#' statistics) are not aggregated under differential privacy: they would
-#' leak unprotected, so they keep their initial values (a warning says so).
+#' (from Google's dp-accounting RDP accountant, for `sampling`) next to
+#' `clip` in the training history; with `max_epsilon`, a round that would
+#' spend more is refused before any client trains.
+#'
+#' @section What a round releases:
+#' The model update and, in the history, `clip`, `dp_noise_stddev`,
+#' `epsilon`, `dp_unclipped_fraction` (adaptive), `num_clients` (not under
+#' Poisson sampling), `num_clients_dropped` and `num_clients_failed`. The
+#' training loss, the model's metrics (accuracy) and `num_examples` are exact
+#' functions of the clients' data that epsilon does not cover, so they are
+#' left out: evaluate on held-out clients ([fed_evaluate()] or
+#' `fed_fit(validation_data = )`). Non-trainable variables (BatchNorm
+#' statistics) are not aggregated: they would leak unprotected, so they keep
+#' their initial values (a warning says so).
 #'
 #' @param noise_multiplier z >= 0, the noise standard deviation over the clip.
-#' @param clients_per_round The (expected) number of clients per round.
+#' @param clients_per_round The number of clients per round (the divisor;
+#'   the expected number under Poisson sampling).
 #' @param clip The L2 norm bound of each client's update.
 #' @param initial_clip The clip of the first round (adaptive).
 #' @param target_quantile The share of updates the clip should fit (adaptive).
 #' @param clip_learning_rate How fast the clip adapts.
-#' @param clipped_count_stddev Noise on the count of unclipped updates;
-#'   `NULL` is `clients_per_round / 20`. `noise_multiplier` must be below
-#'   twice it.
-#' @param population_size The number of clients in the population.
+#' @param clipped_count_stddev Noise on the centred count of unclipped
+#'   updates; `NULL` is `clients_per_round / 20`. `noise_multiplier` must be
+#'   below twice it.
+#' @param population_size The number of clients in the population (under
+#'   `"all"`, `clients_per_round`).
 #' @param target_delta The delta of (epsilon, delta)-differential privacy.
 #' @param max_epsilon Refuse rounds beyond this budget.
 #' @param inner The sum under the noise: `NULL` (a plain sum) or
-#'   [fed_aggregator_secure_sum()].
+#'   [fed_aggregator_secure_sum()]; an aggregator that is not a sum (a mean,
+#'   a median) is refused.
+#' @param sampling How each round's clients are drawn, which epsilon accounts
+#'   and every round checks: `"fixed"` (the default: a uniform sample of at
+#'   most `clients_per_round`, as `fed_fit(clients_per_round = )` and
+#'   [fed_sample_clients()] take; a larger round is refused), `"poisson"`
+#'   (each client with probability `clients_per_round / population_size`) or
+#'   `"all"` (every client every round, as `fed_fit()` without
+#'   `clients_per_round`). [fed_fit()] refuses to run with another sampling.
+#' @param noise_seed `NULL` (noise from the operating system) or, for tests
+#'   only, a whole number that makes the noise reproducible; it voids the
+#'   guarantee and warns.
 #' @returns A `fed_aggregator`.
 #' @family privacy
 #' @export
@@ -39,16 +70,19 @@
 #' fed_aggregator_dp_fixed(1.0, clients_per_round = 10, clip = 0.5,
 #'                         population_size = 100, target_delta = 1e-5)
 #' fed_aggregator_dp_adaptive(0.5, clients_per_round = 10, clipped_count_stddev = 1)
+#' fed_aggregator_dp_fixed(1.0, clients_per_round = 20, clip = 0.5, sampling = "all",
+#'                         target_delta = 1e-5)
 fed_aggregator_dp_fixed <- function(noise_multiplier, clients_per_round, clip, population_size = NULL,
-                                    target_delta = NULL, max_epsilon = NULL, inner = NULL) {
-  privacy <- fedr_module("fedr.privacy")
+                                    target_delta = NULL, max_epsilon = NULL, inner = NULL,
+                                    sampling = "fixed", noise_seed = NULL) {
   args <- list(noise_multiplier, as_count(clients_per_round, "clients_per_round"), clip,
     population_size = as_count(population_size, "population_size"),
-    target_delta = target_delta, max_epsilon = max_epsilon, inner = as_inner(inner)
+    target_delta = target_delta, max_epsilon = max_epsilon, inner = as_inner(inner),
+    sampling = check_string(sampling, "sampling"), noise_seed = as_seed(noise_seed, "noise_seed")
   )
-  py <- fedr_call(
-    do.call(privacy$gaussian_fixed, args),
-    arg = c("noise_multiplier", "clients_per_round", "clip", "population_size", "target_delta", "max_epsilon", "inner")
+  py <- dp_build("gaussian_fixed", args,
+    c("noise_multiplier", "clients_per_round", "clip", "population_size", "target_delta", "max_epsilon", "inner",
+      "sampling", "noise_seed")
   )
   new_fed_component(py, "fed_aggregator", "dp_fixed")
 }
@@ -58,28 +92,43 @@ fed_aggregator_dp_fixed <- function(noise_multiplier, clients_per_round, clip, p
 fed_aggregator_dp_adaptive <- function(noise_multiplier, clients_per_round, initial_clip = 0.1,
                                        target_quantile = 0.5, clip_learning_rate = 0.2,
                                        clipped_count_stddev = NULL, population_size = NULL,
-                                       target_delta = NULL, max_epsilon = NULL, inner = NULL) {
-  privacy <- fedr_module("fedr.privacy")
+                                       target_delta = NULL, max_epsilon = NULL, inner = NULL,
+                                       sampling = "fixed", noise_seed = NULL) {
   args <- list(noise_multiplier, as_count(clients_per_round, "clients_per_round"),
     initial_clip = initial_clip, target_quantile = target_quantile,
     clip_learning_rate = clip_learning_rate, clipped_count_stddev = clipped_count_stddev,
     population_size = as_count(population_size, "population_size"),
-    target_delta = target_delta, max_epsilon = max_epsilon, inner = as_inner(inner)
+    target_delta = target_delta, max_epsilon = max_epsilon, inner = as_inner(inner),
+    sampling = check_string(sampling, "sampling"), noise_seed = as_seed(noise_seed, "noise_seed")
   )
-  py <- fedr_call(
-    do.call(privacy$gaussian_adaptive, args),
-    arg = c("noise_multiplier", "clients_per_round", "initial_clip", "target_quantile", "clip_learning_rate",
-            "clipped_count_stddev", "population_size", "target_delta", "max_epsilon", "inner")
+  py <- dp_build("gaussian_adaptive", args,
+    c("noise_multiplier", "clients_per_round", "initial_clip", "target_quantile", "clip_learning_rate",
+      "clipped_count_stddev", "population_size", "target_delta", "max_epsilon", "inner", "sampling", "noise_seed")
   )
   new_fed_component(py, "fed_aggregator", "dp_adaptive")
+}
+
+# Build a DP aggregator in Python: its errors name the R argument, its fedr
+# warnings (reproducible noise) become R warnings of class `fedr_warning`.
+dp_build <- function(name, args, arg) {
+  privacy <- fedr_module("fedr.privacy")
+  out <- fedr_call(do.call(fedr_module("fedr._r")$call_with_warnings, c(list(privacy[[name]]), args)), arg = arg)
+  for (message in reticulate::py_to_r(reticulate::py_get_item(out, 1L))) {
+    warning(structure(class = c("fedr_warning", "warning", "condition"), list(message = message, call = NULL)))
+  }
+  reticulate::py_get_item(out, 0L)
 }
 
 #' Plan a privacy budget
 #'
 #' The epsilon that `rounds` rounds of differentially private federated
-#' averaging spend, from Google's dp-accounting RDP accountant: each round
-#' samples clients with probability `clients_per_round / population_size`
-#' and releases their clipped sum with Gaussian noise.
+#' averaging spend, from Google's dp-accounting RDP accountant, for the way
+#' the rounds' clients are drawn (`sampling`, as the DP aggregators take
+#' it): a uniform sample of `clients_per_round` of `population_size`
+#' (`"fixed"`, what `fed_fit(clients_per_round = )` does), each client with
+#' probability `clients_per_round / population_size` (`"poisson"`), or every
+#' client every round (`"all"`, `clients_per_round` equal to
+#' `population_size`).
 #'
 #' @inheritParams fed_aggregator_dp_fixed
 #' @param rounds Numbers of rounds (a vector gives one epsilon each).
@@ -87,18 +136,22 @@ fed_aggregator_dp_adaptive <- function(noise_multiplier, clients_per_round, init
 #' @family privacy
 #' @export
 #' @examplesIf fedr_available()
-#' fed_epsilon(1.1, clients_per_round = 1, population_size = 100, rounds = 200, target_delta = 1e-5)
-#' fed_epsilon(1.0, 10, 100, rounds = c(10, 50, 100), target_delta = 1e-5)
-fed_epsilon <- function(noise_multiplier, clients_per_round, population_size, rounds, target_delta) {
+#' fed_epsilon(1.0, clients_per_round = 10, population_size = 100, rounds = 30, target_delta = 1e-5)
+#' fed_epsilon(1.0, 10, 100, rounds = 30, target_delta = 1e-5, sampling = "poisson")
+#' fed_epsilon(1.0, 100, 100, rounds = c(10, 50, 100), target_delta = 1e-5, sampling = "all")
+fed_epsilon <- function(noise_multiplier, clients_per_round, population_size, rounds, target_delta,
+                        sampling = "fixed") {
   privacy <- fedr_module("fedr.privacy")
   if (!is.numeric(rounds) || !length(rounds) || anyNA(rounds)) {
     fedr_abort(sprintf("`rounds` must be whole numbers >= 0, not %s.", describe(rounds)), "rounds")
   }
+  sampling <- check_string(sampling, "sampling")
   vapply(rounds, function(r) {
     reticulate::py_to_r(fedr_call(
       privacy$epsilon(noise_multiplier, as_count(clients_per_round, "clients_per_round"),
-                      as_count(population_size, "population_size"), as_count(r, "rounds", 0L), target_delta),
-      arg = c("noise_multiplier", "clients_per_round", "population_size", "rounds", "target_delta")
+                      as_count(population_size, "population_size"), as_count(r, "rounds", 0L), target_delta,
+                      sampling = sampling),
+      arg = c("noise_multiplier", "clients_per_round", "population_size", "rounds", "target_delta", "sampling")
     ))
   }, numeric(1))
 }
@@ -107,9 +160,10 @@ fed_epsilon <- function(noise_multiplier, clients_per_round, population_size, ro
 #'
 #' Picks the clients of one round, seeded by (seed, round) so that runs
 #' repeat: `"uniform"` takes `clients_per_round` clients without
-#' replacement; `"poisson"` takes each client with probability
-#' `clients_per_round / length(data)`, the sampling that [fed_epsilon()]
-#' accounts (its size varies and may be zero).
+#' replacement (what `sampling = "fixed"` of [fed_epsilon()] and the DP
+#' aggregators accounts); `"poisson"` takes each client with probability
+#' `clients_per_round / length(data)` (`sampling = "poisson"`; its size
+#' varies and may be zero).
 #'
 #' @param data A `fed_data` object.
 #' @param clients_per_round How many clients (the expected number for `"poisson"`).
@@ -146,14 +200,9 @@ as_count <- function(x, arg, minimum = 1L) {
   if (is.null(x)) NULL else as_integer(x, arg, min = minimum)
 }
 
+# The inner aggregator for Python, which decides whether it is a sum (one rule, in Python).
 as_inner <- function(inner) {
-  if (is.null(inner)) {
-    return(NULL)
-  }
-  if (!inherits(inner, "fed_aggregator")) {
-    fedr_abort(sprintf("`inner` must be NULL or fed_aggregator_secure_sum(), not %s.", describe(inner)), "inner")
-  }
-  inner$py
+  if (inherits(inner, "fed_aggregator")) inner$py else inner
 }
 
 #' Secure aggregation
@@ -175,8 +224,13 @@ as_inner <- function(inner) {
 #' @param clip_range Each coordinate is clipped to `[-clip_range, clip_range]`
 #'   before quantization (under DP, the clip sets it).
 #' @param bits Bits of the modular sum (32 or 64).
-#' @param threshold Survivors needed: a whole number, a fraction of the
-#'   round's clients, or `NULL` (two thirds, at least 2).
+#' @param threshold Survivors needed to unmask the sum: a whole number of
+#'   clients (`3` or `3L`), a fraction of the round's clients in (0.5, 1)
+#'   (`0.75`), or `NULL` (two thirds, at least 2). It must be more than half
+#'   of the round's clients (t > n/2, Bonawitz et al. 2017): with fewer, two
+#'   disjoint groups of survivors could each reveal one of a client's two
+#'   secrets and the server would unmask that client's update; a round with
+#'   too low a threshold is refused.
 #' @param neighbors `NULL` (every pair of clients masks) or an even number
 #'   of neighbours per client (SecAgg+, Bell et al. 2020): cheaper for many
 #'   clients.
@@ -191,7 +245,8 @@ as_inner <- function(inner) {
 fed_aggregator_secure_sum <- function(clip_range = 1, bits = 32L, threshold = NULL, neighbors = NULL) {
   privacy <- fedr_module("fedr.privacy")
   py <- fedr_call(
-    privacy$secure_sum(clip_range = clip_range, bits = as_count(bits, "bits"), threshold = threshold,
+    privacy$secure_sum(clip_range = clip_range, bits = as_count(bits, "bits"),
+                       threshold = as_count_or_fraction(threshold, "threshold"),
                        neighbors = as_count(neighbors, "neighbors")),
     arg = c("clip_range", "bits", "threshold", "neighbors")
   )
@@ -204,7 +259,8 @@ fed_aggregator_secure_mean <- function(clip_range = 1, bits = 64L, threshold = N
                                        max_examples = 2^24) {
   privacy <- fedr_module("fedr.privacy")
   py <- fedr_call(
-    privacy$secure_mean(clip_range = clip_range, bits = as_count(bits, "bits"), threshold = threshold,
+    privacy$secure_mean(clip_range = clip_range, bits = as_count(bits, "bits"),
+                       threshold = as_count_or_fraction(threshold, "threshold"),
                         neighbors = as_count(neighbors, "neighbors"), max_examples = as_count(max_examples, "max_examples")),
     arg = c("clip_range", "bits", "threshold", "neighbors", "max_examples")
   )

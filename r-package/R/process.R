@@ -27,7 +27,8 @@
 #' @param aggregator How client updates are combined: `NULL` (the default) is
 #'   [fed_aggregator_mean()], the example-weighted mean.
 #' @param min_clients How many clients must return a usable update for a
-#'   round to count: a whole number, or a fraction (below 1) of the round's
+#'   round to count: a whole number (`5`; a round with fewer clients is
+#'   refused before they train), or a fraction (below 1) of the round's
 #'   clients. A client that fails (an error, a dead worker, no answer within
 #'   Ray's `round_timeout`) is left out, counted in `num_clients_failed` and
 #'   named in a warning; with fewer than `min_clients` left the round fails
@@ -64,11 +65,15 @@ fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, loca
   executor <- as_executor(executor)
   aggregator <- as_aggregator(aggregator)
   learning <- fedr_module("fedr.learning")
+  min_clients <- as_count_or_fraction(min_clients, "min_clients")
+  # Every argument named, so that an error is blamed on the one its message
+  # names (e.g. a model that cannot travel to Ray), not on `min_clients`.
   py <- fedr_call(learning$build_weighted_fed_avg(
     model$py_fn, client, server,
     local_epochs = local_epochs, seed = seed, executor = executor$py, aggregator = aggregator$py,
-    min_clients = as_min_clients(min_clients)
-  ), arg = c("min_clients"))
+    min_clients = min_clients
+  ), arg = c(model_fn = "model", client_optimizer_fn = "client_optimizer", server_optimizer_fn = "server_optimizer",
+             "local_epochs", "seed", "executor", "aggregator", "min_clients"))
   structure(
     list(
       py = py,
@@ -286,9 +291,12 @@ check_data <- function(data) {
 #'   a number samples that many clients each round (see [fed_sample_clients()]),
 #'   seeded by `seed` and the round, so that runs repeat.
 #' @param sampling `"uniform"` (exactly `clients_per_round` clients) or
-#'   `"poisson"` (each client with probability `clients_per_round / length(data)`,
-#'   as differential privacy's accounting assumes; an empty sample skips the
-#'   round with a warning).
+#'   `"poisson"` (each client with probability `clients_per_round / length(data)`;
+#'   an empty sample skips the round with a warning). A differentially private
+#'   aggregator must account the same: `sampling = "fixed"` for `"uniform"`,
+#'   `"poisson"` for `"poisson"`, `"all"` without `clients_per_round`, with the
+#'   same `clients_per_round` and `population_size = length(data)`; otherwise
+#'   `fed_fit()` refuses to start (its epsilon would be wrong).
 #' @param seed The sampling seed; `NULL` takes the process's `seed`.
 #' @param validation_data Held-out clients (a `fed_data`): after each round
 #'   the new state is evaluated on them ([fed_evaluate()]) and the metrics
@@ -345,8 +353,18 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients
   if (!is.null(validation_data) && !inherits(validation_data, "fed_data")) {
     fedr_abort(sprintf("`validation_data` must be NULL or a fed_data object, not %s.", describe(validation_data)), "validation_data")
   }
+  if (!is.null(validation_data)) {
+    # Now, before any round trains, and named: later it would read as a failure of a client.
+    fedr_call(process$py$check_data(validation_data$py, "validation_data"), arg = "validation_data")
+  }
   stopping <- early_stopping(patience, monitor, restore_best, validation = !is.null(validation_data))
   seed <- as_seed(seed %||% process$seed)
+  # A DP aggregator accounts one way of sampling: tell it what this loop does (a mismatch is an error).
+  fedr_call(fedr_module("fedr.privacy")$check_sampling(
+    process$py$aggregator,
+    if (is.null(clients_per_round)) "all" else if (sampling == "uniform") "fixed" else "poisson",
+    clients_per_round %||% length(data), length(data)
+  ), arg = c(sampling = "sampling", clients_per_round = "clients_per_round", population_size = "data"))
   state <- if (is.null(state)) fed_initialize(process) else as_state(state)
   all_data <- data
   rows <- list()
@@ -371,7 +389,9 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients
       out <- fed_next(process, state, data)
       if (!is.null(validation_data)) {
         # Federated evaluation of the new state on held-out clients: val_ columns.
-        val <- fed_evaluate(process, out$state, validation_data)
+        val <- tryCatch(fed_evaluate(process, out$state, validation_data), error = function(e) {
+          fedr_abort(paste0("`validation_data`: ", conditionMessage(e)), "validation_data", python_type = e$python_type)
+        })
         val <- val[!names(val) %in% c("num_examples", "num_clients")]
         out$metrics <- c(out$metrics, stats::setNames(val, paste0("val_", names(val))))
       }
@@ -447,11 +467,6 @@ stopping_update <- function(stopping, metrics, state) {
   stopping
 }
 
-# A count (whole number >= 1) or a fraction in (0, 1), for Python.
-as_min_clients <- function(x) {
-  if (is.numeric(x) && length(x) == 1L && !is.na(x) && x >= 1 && x == round(x)) as.integer(x) else x
-}
-
 # A failed round: the error again, carrying the finished rounds and their state.
 abort_with_history <- function(e, rows, state) {
   history <- new_fed_history(rows, state)
@@ -478,7 +493,7 @@ abort_with_history <- function(e, rows, state) {
 
 # "round  2  accuracy 0.6949  loss 0.8893  (0.05 s)"
 format_round <- function(round, metrics, seconds, width = 3L) {
-  shown <- metrics[!names(metrics) %in% c(count_columns, "dp_noise_stddev")]
+  shown <- metrics[!names(metrics) %in% c(count_columns(), "dp_noise_stddev")]
   parts <- sprintf("%s %.4f", short_metric_names(names(shown)), shown)
   dropped <- metrics[["num_clients_dropped"]] %||% 0
   failed <- metrics[["num_clients_failed"]] %||% 0

@@ -42,7 +42,7 @@ fed_save_state <- function(state, path) {
   state <- as_state(state)
   path <- check_string(path, "path")
   learning <- fedr_module("fedr.learning")
-  fedr_call(learning$save_state(state$py, path.expand(path)))
+  fedr_call(learning$save_state(state$py, path.expand(path)), arg = "path")
   invisible(path)
 }
 

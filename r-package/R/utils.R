@@ -65,7 +65,14 @@ fedr_abort <- function(message, arg = NULL, python_type = NULL, class = NULL) {
 # "`arg`: <Python message>". `arg` holds R argument names, named by the Python
 # parameter each stands for where the names differ; a Python message starting
 # "name: " or "`name`" says which one, else a single `arg` is named.
-fedr_call <- function(expr, arg = NULL) {
+#
+# NA has no Python counterpart (a logical NA arrives as True, NA_integer_ as
+# -2147483648), so before `expr` runs every R argument named in `arg` is
+# looked up in the caller and must hold no NA (NaN included): an error naming
+# it. `na_ok` names the arguments where NA means something (an unknown
+# dimension of `tensor_type(shape =)`).
+fedr_call <- function(expr, arg = NULL, na_ok = NULL) {
+  if (length(arg)) check_no_na(setdiff(unname(arg), na_ok), parent.frame())
   reticulate::py_clear_last_error()
   tryCatch(expr, error = function(e) {
     if (inherits(e, "fedr_error")) stop(e)
@@ -73,6 +80,85 @@ fedr_call <- function(expr, arg = NULL) {
     named <- name_argument(parsed, arg)
     fedr_abort(named$message, named$arg, python_type = parsed$type)
   })
+}
+
+# The R arguments `names`, as fedr's own functions on the call stack see them
+# (the innermost that has each, from `env` out: the exported function, or a
+# helper between it and fedr_call()), must hold no NA.
+check_no_na <- function(names, env) {
+  frames <- fedr_frames(env)
+  for (name in names) {
+    found <- argument_value(name, frames)
+    if (!found$found) next
+    x <- found$value
+    if (has_na(x)) {
+      if (is.atomic(x) && length(x) == 1L) {
+        fedr_abort(sprintf("`%s` must not be NA or NaN, got %s.", name, describe(x)), name)
+      }
+      fedr_abort(sprintf(
+        "`%s` must not contain NA or NaN; %s does (NA has no Python counterpart).", name, describe(x)
+      ), name)
+    }
+  }
+}
+
+# The frames of the calls into fedr around `env`, innermost first: from the
+# frame `env` outwards, while the function called is fedr's (its closure ends
+# in the fedr namespace), so that a user's variable of the same name is never
+# taken for the argument.
+fedr_frames <- function(env) {
+  ns <- topenv(environment(fedr_frames))
+  frames <- sys.frames()
+  at <- Position(function(f) identical(f, env), frames, right = TRUE)
+  if (is.na(at)) {
+    return(list(env))
+  }
+  out <- list()
+  for (i in rev(seq_len(at))) {
+    fn <- sys.function(i)
+    if (!identical(topenv(environment(fn)), ns)) break
+    out[[length(out) + 1L]] <- frames[[i]]
+  }
+  out
+}
+
+argument_value <- function(name, frames) {
+  # Each frame and, for a closure made inside a fedr function (vapply's FUN),
+  # the frames it was made in, up to the namespace.
+  lexical <- list()
+  for (env in frames) {
+    while (!identical(env, emptyenv()) && !isNamespace(env) && !identical(env, globalenv())) {
+      lexical[[length(lexical) + 1L]] <- env
+      env <- parent.env(env)
+    }
+  }
+  for (env in lexical) {
+    if (exists(name, envir = env, inherits = FALSE)) {
+      # A missing argument, or a default that cannot be computed yet, is not ours to judge.
+      return(tryCatch(list(found = TRUE, value = get(name, envir = env, inherits = FALSE)),
+                      error = function(e) list(found = FALSE)))
+    }
+    if (exists("...", envir = env, inherits = FALSE)) {
+      dots <- tryCatch(eval(quote(list(...)), env), error = function(e) list())
+      if (!is.null(names(dots)) && name %in% names(dots)) return(list(found = TRUE, value = dots[[name]]))
+    }
+  }
+  list(found = FALSE)
+}
+
+# NA anywhere in an R value (atomic vectors, data frames, plain lists, recursively).
+has_na <- function(x) {
+  if (inherits(x, "python.builtin.object") || is.function(x) || is.environment(x)) {
+    return(FALSE)
+  }
+  if (is.atomic(x)) {
+    return(anyNA(x))
+  }
+  if (is.list(x)) {
+    # unclass(): a classed list (fed_value, fed_data) may have an as.list() method that calls Python.
+    return(any(vapply(unclass(x), has_na, logical(1))))
+  }
+  FALSE
 }
 
 name_argument <- function(parsed, arg) {
@@ -165,13 +251,33 @@ as_number <- function(x, arg, min = -Inf, max = Inf, min_inclusive = TRUE) {
 
 # One whole number >= min; returns an integer (what Python expects for counts).
 as_integer <- function(x, arg, min = 1L) {
-  ok <- is.numeric(x) && length(x) == 1L && !is.na(x) && is.finite(x) &&
-    x == round(x) && x >= min && abs(x) <= .Machine$integer.max
-  if (!ok) {
+  whole <- is.numeric(x) && length(x) == 1L && !is.na(x) && is.finite(x) && x == round(x) && x >= min
+  if (whole && x > .Machine$integer.max) {
+    # A whole number all the same: say what is wrong with it.
+    fedr_abort(sprintf(
+      "`%s` must be at most %d (the largest integer R and fedr count with), not %s.",
+      arg, .Machine$integer.max, format(x)
+    ), arg)
+  }
+  if (!whole) {
     what <- if (min == 1L) "a positive integer" else sprintf("an integer >= %d", min)
     fedr_abort(sprintf("`%s` must be %s, not %s.", arg, what, describe(x)), arg)
   }
   as.integer(x)
+}
+
+# A count of clients or a fraction of them (`min_clients`, `threshold`): a
+# whole number, even written as a double (R users write 3, not 3L; 1 is one
+# client), becomes an integer count; any other number stays a double, the
+# fraction, whose range Python checks. NULL stays NULL.
+as_count_or_fraction <- function(x, arg) {
+  if (is.null(x)) {
+    return(NULL)
+  }
+  if (!is.numeric(x) || length(x) != 1L || is.na(x)) {
+    fedr_abort(sprintf("`%s` must be a whole number of clients or a fraction of them, not %s.", arg, describe(x)), arg)
+  }
+  if (is.finite(x) && x >= 1 && x == round(x)) as_integer(x, arg) else as.double(x)
 }
 
 # NULL or a seed.

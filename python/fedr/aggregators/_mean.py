@@ -60,9 +60,18 @@ class Aggregator(abc.ABC):
             count. An aggregator that protects updates (differential privacy,
             secure aggregation) sets it False: those values would leak
             unprotected; they then keep their initial values on the server.
+        is_sum: Whether ``aggregate`` returns the plain sum of the outputs'
+            deltas; differential privacy needs it of its ``inner`` aggregator
+            (and refuses a mean or a median when it is built).
+        released_metrics: The process's own round metrics (``loss``, the
+            model's metrics, ``num_examples``, ``num_clients``, ...) that may
+            be reported with this aggregator: None for all of them; a DP
+            aggregator lets through only what its guarantee covers.
     """
 
     averages_non_trainable: bool = True
+    is_sum: bool = False
+    released_metrics: frozenset[str] | None = None
 
     def init(self) -> NamedArrays:
         """Return the aggregator's initial state (none by default)."""
@@ -143,6 +152,8 @@ class Mean(Aggregator):
 
 class Sum(Aggregator):
     """The plain sum of client updates: the default inner sum of differential privacy."""
+
+    is_sum = True
 
     def aggregate(
         self,

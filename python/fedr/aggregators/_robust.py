@@ -15,6 +15,18 @@ move the mean as far as they like. These aggregators bound their influence:
   the lowest score wins, or with ``num_selected = m > 1`` the
   example-weighted mean of the m best (multi-Krum). Needs n > 2f + 2.
 
+One rule for the three aggregators: a round must have enough clients for
+the aggregator to outvote at least one bad client, or the one it was asked
+to tolerate. The median needs 3 clients (the median of 2 is their mean), the
+trimmed mean with ``beta > 0`` needs floor(beta * n) >= 1 (``trimmed_mean(0.3)``
+with 3 clients would trim nobody), Krum needs n > 2f + 2. With fewer, the
+round is refused with a :class:`~fedr.errors.FedValueError` naming the number
+needed: in ``start_round``, before any client trains, and again in
+``aggregate`` when failed or dropped clients left too few. ``trimmed_mean(0)``
+(the unweighted mean) and ``krum(0)`` tolerate nobody by request and only
+need what their rule needs. The functions on arrays (``coordinate_median``,
+...) compute their rule for any number of rows.
+
 The median, the trimmed mean and the pairwise distances run in the C++ kernel
 ``fedr._kernels`` on the clients' updates in place (float32, C-contiguous,
 never copied; GIL released, both cores). A numpy reference with the same
@@ -213,6 +225,33 @@ def _check_krum_clients(f: int, n: int) -> None:
         )
 
 
+def _min_trimmed_clients(beta: float) -> int:
+    """The fewest clients n with floor(beta * n) >= 1 (1 for beta = 0: nothing to trim)."""
+    if beta == 0.0:
+        return 1
+    n = max(1, math.ceil(1.0 / beta))
+    while math.floor(beta * n) < 1:  # float rounding of 1 / beta
+        n += 1
+    return n
+
+
+def _check_round_size(aggregator: Aggregator, n: int) -> None:
+    """Refuse a round of ``n`` clients in which ``aggregator`` cannot outvote anyone (see the module docstring)."""
+    if isinstance(aggregator, Krum):
+        _check_krum_clients(aggregator.num_byzantine, n)
+    elif isinstance(aggregator, Median) and n < 3:
+        raise FedValueError(
+            f"median(): a round of {n} client(s) cannot outvote a single bad client (the median "
+            "of 2 is their mean); it needs at least 3 clients"
+        )
+    elif isinstance(aggregator, TrimmedMean) and n < (need := _min_trimmed_clients(aggregator.beta)):
+        raise FedValueError(
+            f"beta={aggregator.beta}: the trimmed mean of {n} client(s) trims floor({aggregator.beta} * {n}) = "
+            f"0 values from each side, so it cannot outvote a single bad client; it needs at least "
+            f"{need} clients"
+        )
+
+
 def _krum_select(distances: np.ndarray, f: int, m: int) -> np.ndarray:
     """Indices of the m lowest Krum scores, in client order (ties go to the earlier client)."""
     n = distances.shape[0]
@@ -347,7 +386,17 @@ def pairwise_sq_distances(updates: Updates, *, backend: Backend = "auto") -> np.
 # --- aggregators -----------------------------------------------------------------
 
 
-class Median(Aggregator):
+class _Robust(Aggregator):
+    """A robust aggregator: refuses, before anyone trains, a round too small to outvote a bad client."""
+
+    def start_round(
+        self, state: NamedArrays, client_ids: Sequence[str], *, seed: np.random.SeedSequence | None = None
+    ) -> Any:
+        _check_round_size(self, len(client_ids))
+        return None
+
+
+class Median(_Robust):
     """The coordinate-wise median of the clients' updates (C++ kernel)."""
 
     def aggregate(
@@ -358,13 +407,15 @@ class Median(Aggregator):
         seed: np.random.SeedSequence | None = None,
         context: Any = None,
     ) -> AggregateResult:
-        return AggregateResult(state, coordinate_median(deltas(outputs)), {})
+        updates = deltas(outputs)
+        _check_round_size(self, len(updates))
+        return AggregateResult(state, coordinate_median(updates), {})
 
     def __repr__(self) -> str:
         return "median()"
 
 
-class TrimmedMean(Aggregator):
+class TrimmedMean(_Robust):
     """The coordinate-wise beta-trimmed mean of the clients' updates (C++ kernel)."""
 
     def __init__(self, beta: float) -> None:
@@ -379,6 +430,7 @@ class TrimmedMean(Aggregator):
         context: Any = None,
     ) -> AggregateResult:
         updates = deltas(outputs)
+        _check_round_size(self, len(updates))
         update = coordinate_trimmed_mean(updates, self.beta)
         return AggregateResult(state, update, {"trimmed_per_side": float(math.floor(self.beta * len(updates)))})
 
@@ -386,7 +438,7 @@ class TrimmedMean(Aggregator):
         return f"trimmed_mean(beta={self.beta})"
 
 
-class Krum(Aggregator):
+class Krum(_Robust):
     """(Multi-)Krum: the update(s) closest to their n - f - 2 nearest neighbours."""
 
     def __init__(self, num_byzantine: int, num_selected: int = 1) -> None:
@@ -403,7 +455,7 @@ class Krum(Aggregator):
     ) -> AggregateResult:
         updates = deltas(outputs)
         # Checked before the distances so that too few clients fail fast.
-        _check_krum_clients(self.num_byzantine, len(updates))
+        _check_round_size(self, len(updates))
         selected = _krum_select(pairwise_sq_distances(updates), self.num_byzantine, self.num_selected)
         if len(selected) == 1:
             update = np.array(updates[selected[0]], dtype=np.float32, copy=True)
@@ -422,9 +474,15 @@ def median() -> Median:
     Robust to fewer than half of the clients sending arbitrary updates. Every
     client counts the same, whatever its number of examples; for an even
     number of clients each coordinate is the mean of its two middle values.
+    A round needs at least 3 clients (the median of 2 is their mean, which
+    outvotes nobody); with fewer it is refused.
 
     Returns:
         An :class:`Aggregator`.
+
+    Raises:
+        FedValueError: (at a round, before training and at aggregation) fewer
+            than 3 clients.
     """
     return Median()
 
@@ -436,6 +494,9 @@ def trimmed_mean(beta: float) -> TrimmedMean:
     largest of the n clients' values are dropped and the rest averaged (every
     client counts the same). Tolerates up to floor(beta * n) Byzantine
     clients; ``beta=0`` is the unweighted mean. Metrics: ``trimmed_per_side``.
+    With ``beta > 0`` a round must trim at least one value from each side:
+    it needs n with floor(beta * n) >= 1 (4 clients for beta = 0.3); a
+    smaller round is refused rather than silently averaged untrimmed.
 
     Args:
         beta: The fraction cut from each tail, in [0, 0.5).
@@ -444,7 +505,8 @@ def trimmed_mean(beta: float) -> TrimmedMean:
         An :class:`Aggregator`.
 
     Raises:
-        FedValueError: ``beta`` is outside [0, 0.5).
+        FedValueError: ``beta`` is outside [0, 0.5); at a round (before
+            training and at aggregation), too few clients to trim one.
         FedTypeError: ``beta`` is not a number.
     """
     return TrimmedMean(beta)
@@ -457,7 +519,8 @@ def krum(num_byzantine: int, num_selected: int = 1) -> Krum:
     distances to the other updates (f = ``num_byzantine``); the update with the
     lowest score is applied, or the example-weighted mean of the
     ``num_selected`` lowest (ties go to the earlier client). A round needs
-    n > 2f + 2 clients and ``num_selected`` <= n - f. Metrics: ``krum_selected``.
+    n > 2f + 2 clients and ``num_selected`` <= n - f (a smaller round is
+    refused before its clients train). Metrics: ``krum_selected``.
 
     Args:
         num_byzantine: f, the number of Byzantine clients to tolerate (>= 0).

@@ -151,7 +151,7 @@ def weighted_mean_numpy(updates: Updates, weights: Sequence[float] | np.ndarray)
         FedTypeError: ``updates`` is not an array or a list of arrays.
     """
     rows, k, n = _check_updates(updates)
-    w = _check_weights(weights, k)
+    w = _scaled(_check_weights(weights, k))
     acc = np.zeros(n, dtype=np.float64)
     term = np.empty(n, dtype=np.float64)
     for row, wk in zip(rows, w, strict=True):
@@ -159,6 +159,22 @@ def weighted_mean_numpy(updates: Updates, weights: Sequence[float] | np.ndarray)
         acc += term
     acc *= 1.0 / w.sum()
     return acc.astype(np.float32)
+
+
+def _exponent(weight: float) -> int:
+    """e with ``weight = m * 2**e``, m in [0.5, 1) (0 for a zero weight): dividing by 2**e is exact."""
+    return math.frexp(weight)[1] if weight > 0 else 0
+
+
+def _scaled(w: np.ndarray) -> np.ndarray:
+    """``w`` divided by the power of two of its largest entry, as the kernel does.
+
+    With the largest weight in [0.5, 1), ``1 / sum(w)`` is finite however small
+    the weights (a total of 1e-320 made it Inf, so a mean of ones came out
+    Inf); for weights in the normal range the scaling is exact, so the mean
+    is bit for bit that of the raw weights.
+    """
+    return np.ldexp(w, -_exponent(float(w.max())))
 
 
 def weighted_mean(
@@ -198,25 +214,38 @@ class _NumpyAccumulator:
 
     def __init__(self, n: int) -> None:
         self._sum = np.zeros(n, dtype=np.float64)
-        self.total_weight = 0.0
-        self.count = 0
+        self.reset()
 
     @property
     def nbytes(self) -> int:
         return self._sum.nbytes
 
     def add(self, update: np.ndarray, weight: float) -> None:
+        # As the kernel: _sum holds sum_i (w_i / 2^e) x_i with 2^e the largest
+        # weight's power of two (see _scaled), rescaled when a larger one comes.
         if weight > 0:
-            self._sum += np.multiply(update, weight, dtype=np.float64)
+            e = _exponent(weight)
+            if self._scaled_total == 0.0:
+                self._e = e
+            elif e > self._e:
+                shrink = math.ldexp(1.0, self._e - e)
+                self._sum *= shrink
+                self._scaled_total *= shrink
+                self._e = e
+            w = math.ldexp(weight, -self._e)
+            self._sum += np.multiply(update, w, dtype=np.float64)
+            self._scaled_total += w
         self.total_weight += weight
         self.count += 1
 
     def result(self) -> np.ndarray:
-        return (self._sum * (1.0 / self.total_weight)).astype(np.float32)
+        return (self._sum * (1.0 / self._scaled_total)).astype(np.float32)
 
     def reset(self) -> None:
         self._sum[:] = 0.0
         self.total_weight = 0.0
+        self._scaled_total = 0.0
+        self._e = 0
         self.count = 0
 
 
@@ -241,7 +270,7 @@ class WeightedMeanAccumulator:
 
         Raises:
             FedTypeError: ``n`` is not an integer.
-            FedValueError: ``n`` is negative or ``backend`` is unknown.
+            FedValueError: ``n`` is negative or too large to allocate, or ``backend`` is unknown.
             ImportError: ``backend="kernel"`` and the kernel is not built.
         """
         if isinstance(n, bool) or not isinstance(n, int | np.integer):
@@ -250,9 +279,16 @@ class WeightedMeanAccumulator:
             raise FedValueError(f"n: expected a non-negative int, got {n}")
         self._n = int(n)
         kernel = _use_kernel(backend)
-        self._impl = (
-            _kernels.WeightedMeanAccumulator(self._n) if kernel else _NumpyAccumulator(self._n)
-        )
+        try:
+            self._impl = (
+                _kernels.WeightedMeanAccumulator(self._n) if kernel else _NumpyAccumulator(self._n)
+            )
+        except (MemoryError, ValueError):
+            # numpy's and std::vector's messages name neither the argument nor the size.
+            raise FedValueError(
+                f"n: a running sum of {self._n} float64 values ({self._n * 8 / 2**30:.3g} GiB) "
+                "cannot be allocated; n is the number of model weights"
+            ) from None
 
     @property
     def n(self) -> int:

@@ -34,6 +34,14 @@ __all__ = ["RayExecutor", "ray"]
 _WORKER_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+def _worker_env() -> dict[str, str]:
+    """The workers' environment: fedr's defaults, and the driver's oneDNN switch (it decides float rounding)."""
+    env = dict(_WORKER_ENV)
+    if "TF_ENABLE_ONEDNN_OPTS" in os.environ:
+        env["TF_ENABLE_ONEDNN_OPTS"] = os.environ["TF_ENABLE_ONEDNN_OPTS"]
+    return env
+
+
 class _ClientActor:
     """A Ray actor: one compiled model replica, and the clients' data it has seen (an LRU bounded in bytes)."""
 
@@ -168,7 +176,7 @@ class RayExecutor(Executor):
                 "include_dashboard": False,
                 "log_to_driver": False,
                 "configure_logging": False,
-                "runtime_env": {"env_vars": dict(_WORKER_ENV)},
+                "runtime_env": {"env_vars": _worker_env()},
             }
             if self.address is None:
                 options["num_cpus"] = self.num_cpus or default_workers()

@@ -23,7 +23,9 @@ From R: ``fed_flower_superlink()``, ``fed_flower_node()``, ``fed_flower_run()``.
 The app under ``examples/flower/`` shows a Flower app of your own.
 """
 
-from fedr.flower._launch import FlowerProcess, FlowerRoundWarning, FlowerRun, free_port, make_certificates, progress_line, run, superlink, supernode
+from fedr.flower._credentials import make_certificates, make_node_key
+from fedr.flower._launch import FlowerProcess, check_tls, free_port, superlink, supernode
+from fedr.flower._run import FlowerRoundWarning, FlowerRun, FlowerSeedWarning, check_run_target, progress_line, run
 from fedr.flower._node import load_node_data
 from fedr.flower._strategy import FedrStrategy, check_flower_aggregator
 
@@ -31,11 +33,15 @@ __all__ = [
     "FedrStrategy",
     "FlowerProcess",
     "FlowerRoundWarning",
+    "FlowerSeedWarning",
     "FlowerRun",
     "check_flower_aggregator",
+    "check_run_target",
+    "check_tls",
     "free_port",
     "load_node_data",
     "make_certificates",
+    "make_node_key",
     "progress_line",
     "run",
     "superlink",

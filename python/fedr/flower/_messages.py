@@ -92,22 +92,32 @@ def output_reply(out: ClientOutput | ClientFailure) -> dict[str, Any]:
 
 
 def output_from_reply(client_id: str, content: Any, num_metrics: int, size: int) -> ClientOutput | ClientFailure:
-    """The :class:`ClientOutput` (or failure) in a node's training reply; a malformed reply is a failure."""
+    """The :class:`ClientOutput` (or failure) in a node's training reply; a malformed reply is a failure.
+
+    ``finite`` is computed here from the arrays and the loss, as the client
+    update computes it: the node's own ``finite`` flag is not trusted (a node
+    sending NaN with ``finite = 1`` is dropped from the round like any
+    non-finite update, instead of breaking the aggregate).
+    """
     if FAILURE in content:
         failure = content[FAILURE]
         return ClientFailure(client_id, str(failure.get("error", "the node reported a failure")))
     try:
         update, metrics = content[UPDATE], content[METRICS]
         delta = update["delta"].numpy()
+        non_trainable = update["non_trainable"].numpy()
         values = np.asarray(metrics.get("metrics", []), np.float64)
         if delta.dtype != np.float32 or delta.shape != (size,):
             raise ValueError(f"update of {delta.dtype} {delta.shape}, expected float32 ({size},)")
+        if non_trainable.dtype != np.float32 or non_trainable.ndim != 1:
+            raise ValueError(f"non-trainable values of {non_trainable.dtype} {non_trainable.shape}, expected float32")
         if values.shape != (num_metrics,):
             raise ValueError(f"{values.shape[0]} metric values, expected {num_metrics}")
-        return ClientOutput(
-            client_id, delta, update["non_trainable"].numpy(), int(metrics["num-examples"]), values,
-            float(metrics["loss-sum"]), bool(metrics["finite"]),
-        )
+        count, loss_sum = metrics["num-examples"], float(metrics["loss-sum"])
+        if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 0:
+            raise ValueError(f"num-examples {count!r}, expected a whole number >= 0")
+        finite = bool(np.isfinite(delta).all() and np.isfinite(non_trainable).all() and np.isfinite(loss_sum))
+        return ClientOutput(client_id, delta, non_trainable, int(count), values, loss_sum, finite)
     except (KeyError, ValueError, TypeError) as err:
         return ClientFailure(client_id, f"FedValueError: malformed reply from the node ({err})")
 

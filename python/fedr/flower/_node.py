@@ -17,8 +17,8 @@ Node config keys:
     and a label column, or a folder of an MNIST-like dataset (IDX or ``.npz``
     files, see :func:`fedr.datasets.load_dataset`).
 ``client-id``
-    The client's name in the federation (default: the file's name without
-    its extension). Names must differ between nodes; the server orders its
+    The client's name in the federation, a text (default: the file's name
+    without its extension). Names must differ between nodes; the server orders its
     clients by name.
 ``label``
     The label column of a CSV file, data frame or matrix (default ``label``).
@@ -27,7 +27,7 @@ Node config keys:
 ``dataset`` / ``split``
     For a folder: ``fashion_mnist`` (default) or ``kmnist``; ``train`` (default) or ``test``.
 ``batch-size``
-    Rows per batch (default 100, the reference workflow's).
+    Rows per batch: a positive integer (default 100, the reference workflow's).
 ``eval-data``
     Optional held-out data for federated evaluation, in any of the same
     formats (default: the node evaluates on ``data``).
@@ -101,10 +101,7 @@ def load_node_data(config: Mapping[str, Any], key: str = "data") -> ClientData:
     if not os.path.exists(path):
         raise FileNotFoundError(f"node config `{key}`: no file or folder at {path!r}")
     label = str(config.get("label") or "label")
-    try:
-        batch_size = int(config.get("batch-size") or 100)
-    except (TypeError, ValueError):
-        raise FedValueError(f"node config `batch-size`: expected a positive integer, got {config['batch-size']!r}") from None
+    batch_size = _batch_size(config.get("batch-size"))
     client_id = _client_id(config)
     cache_key = (path, os.path.getmtime(path), label, batch_size, client_id, str(config.get("rows") or ""),
                  str(config.get("dataset") or ""), str(config.get("split") or ""))
@@ -180,12 +177,41 @@ def _replica(config: Any, *, train: bool) -> Any:
     return replica
 
 
+def _batch_size(value: Any) -> int:
+    """``batch-size`` of the node config: a positive whole number (an integer or its digits), default 100."""
+    if value is None or value == "":
+        return 100
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FedValueError(f"node config `batch-size`: expected a positive integer, got {value!r}")
+    return value
+
+
 def _client_id(config: Mapping[str, Any]) -> str:
-    """The node's client id: ``client-id``, else the name of its ``data`` without the extension."""
-    if config.get("client-id"):
-        return str(config["client-id"])
+    """The node's client id: ``client-id`` (a text), else the name of its ``data`` without the extension.
+
+    Raises:
+        FedTypeError: ``client-id`` is not a text (e.g. a TOML list).
+    """
+    value = config.get("client-id")
+    if value is not None and value != "":
+        if not isinstance(value, str):
+            raise FedTypeError(
+                f"node config `client-id`: expected a text (--node-config \"client-id='site_a'\"), "
+                f"got {type(value).__name__} {value!r}"
+            )
+        return value
     path = str(config.get("data") or "node")
     return os.path.splitext(os.path.basename(path.rstrip(os.sep)))[0]
+
+
+def _reported_id(config: Mapping[str, Any]) -> str:
+    """The client id to name in a failure reply: :func:`_client_id`, or its text when that is malformed."""
+    try:
+        return _client_id(config)
+    except FedTypeError:
+        return str(config.get("client-id"))[:100]
 
 
 def describe_records(node_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,7 +224,7 @@ def describe_records(node_config: Mapping[str, Any]) -> dict[str, Any]:
         client = load_node_data(node_config)
         return {wire.DESCRIBE: ConfigRecord({"client-id": client.client_id, "num-examples": int(client.y.shape[0])})}
     except Exception as err:  # noqa: BLE001 - reported to the server, naming the node's data
-        return {wire.FAILURE: ConfigRecord({"client-id": _client_id(node_config), "error": describe_error(err)})}
+        return {wire.FAILURE: ConfigRecord({"client-id": _reported_id(node_config), "error": describe_error(err)})}
 
 
 def train_records(content: Mapping[str, Any], node_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,7 +232,7 @@ def train_records(content: Mapping[str, Any], node_config: Mapping[str, Any]) ->
     from fedr.learning.client_update import ClientFailure, describe_error
     from fedr.learning.state import check_weights
 
-    client_id = _client_id(node_config)
+    client_id = _reported_id(node_config)
     try:
         client = load_node_data(node_config)
         client_id = client.client_id
@@ -242,7 +268,7 @@ def evaluate_records(content: Mapping[str, Any], node_config: Mapping[str, Any])
         metrics, loss_sum, count = replica.evaluate(weights, weights.flat_trainable(), client)
         return wire.evaluation_reply(metrics, loss_sum, count)
     except Exception as err:  # noqa: BLE001
-        return {wire.FAILURE: ConfigRecord({"client-id": _client_id(node_config), "error": describe_error(err)})}
+        return {wire.FAILURE: ConfigRecord({"client-id": _reported_id(node_config), "error": describe_error(err)})}
 
 
 def _reply(msg: Any, records: dict[str, Any]) -> Any:

@@ -11,6 +11,12 @@ same aggregation and server update as in-process). The whole
 :class:`~fedr.learning.ServerState` lives here, not only the weights, and is
 checkpointed after every round with :func:`fedr.learning.save_state`.
 
+Nodes are not trusted for what they report: the server recomputes whether
+an update is finite from its arrays, and a node that reports more examples
+than it declared at its first contact (the query that asks its client id)
+is a failed client of that round, named. Which nodes may connect at all is
+the SuperLink's affair (TLS, and ``--enable-supernode-auth``; see the README).
+
 A round with fewer usable updates than ``min_clients`` is reported (logged
 and in the history) and leaves the state as it was; the run goes on to the
 next round. An aggregator that refuses a round (a privacy budget spent) ends
@@ -37,7 +43,7 @@ from fedr.learning.client_update import ClientFailure, apply_client_step
 from fedr.learning.process import FedAvgProcess, combine_metrics, sample_clients
 from fedr.learning.state import ServerState, save_state
 
-__all__ = ["FedrStrategy", "check_flower_aggregator", "check_flower_run"]
+__all__ = ["FedrStrategy", "check_examples", "check_flower_aggregator", "check_flower_run"]
 
 try:  # Flower is optional for fedr as a whole; this module needs it.
     from flwr.serverapp.strategy import Strategy as _Strategy
@@ -73,6 +79,22 @@ def check_flower_run(process: Any, min_nodes: Any, fraction: Any) -> None:
         raise FedValueError(f"min_nodes: expected a positive integer, got {min_nodes!r}")
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
         raise FedValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
+
+
+def check_examples(out: Any, node: int, declared: int | None) -> Any:
+    """``out``, or a named failure when the node reports more examples than it declared when it joined.
+
+    A node's example count weighs its update in the mean; a count it may raise
+    at will would let one node outweigh all the others, so a round's count is
+    bounded by the one the node gave at its first contact (its data's size).
+    """
+    if isinstance(out, ClientFailure) or declared is None or out.num_examples <= declared:
+        return out
+    return ClientFailure(
+        out.client_id,
+        f"FedValueError: node {node} reported {out.num_examples} examples, more than the {declared} it declared "
+        "when it joined; its update is refused",
+    )
 
 
 def _natural(client_id: str) -> list[Any]:
@@ -132,6 +154,7 @@ class FedrStrategy(_Strategy):
         })
         self._optimizer_json = wire.to_json(spec.client_optimizer)
         self._clients: dict[int, str] = {}
+        self._declared: dict[int, int] = {}  # examples each node declared at its first contact
         self._round: tuple[Any, list[tuple[str, int]]] | None = None
         self._eval_pairs: list[tuple[str, int]] = []
         self._started = 0.0
@@ -175,14 +198,20 @@ class FedrStrategy(_Strategy):
                          node, failure.get("client-id"), failure.get("error"))
                     continue
                 info = reply.content[wire.DESCRIBE]
-                client_id = str(info["client-id"])
+                client_id, declared = info.get("client-id"), info.get("num-examples")
+                if not isinstance(client_id, str) or not client_id or isinstance(declared, bool) \
+                        or not isinstance(declared, int | np.integer) or declared < 0:
+                    _log(WARNING, "node %d left out: it described itself as client %r with %r examples; "
+                         "expected a client id (text) and a whole number of examples", node, client_id, declared)
+                    continue
                 clash = [n for n, c in self._clients.items() if c == client_id and n in node_ids]
                 if clash:
                     _log(WARNING, "node %d left out: its client id %r is already node %d's; give each node "
                          "its own --node-config client-id", node, client_id, clash[0])
                     continue
                 self._clients[node] = client_id
-                _log(INFO, "node %d serves client %r (%d examples)", node, client_id, int(info["num-examples"]))
+                self._declared[node] = int(declared)
+                _log(INFO, "node %d serves client %r (%d examples)", node, client_id, int(declared))
         pairs = [(self._clients[n], n) for n in node_ids if n in self._clients]
         if len(pairs) < self.min_nodes:
             raise FedError(
@@ -244,7 +273,8 @@ class FedrStrategy(_Strategy):
             elif reply.has_error():
                 results.append(ClientFailure(client_id, f"NodeError: {reply.error.reason}"))
             else:
-                out = wire.output_from_reply(client_id, reply.content, n_metrics, size)
+                out = check_examples(wire.output_from_reply(client_id, reply.content, n_metrics, size),
+                                     node, self._declared.get(node))
                 if not isinstance(out, ClientFailure):
                     out = apply_client_step(out, self.process.aggregator, plan.state.aggregator_state, plan.context)
                 results.append(out)

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fedr import _seeds
+from fedr.protocol.names import COUNT_COLUMNS
 from fedr.aggregators import Aggregator, check_aggregator, weighted_mean
 from fedr.datasets import ClientData, as_client_data
 from fedr.errors import FedError, FedTypeError, FedValueError, FedWarning
@@ -95,7 +96,9 @@ class ProcessSpec(NamedTuple):
     """A :class:`FedAvgProcess` as data (Keras configs, the aggregator object, numbers): no user code.
 
     What a Flower ServerApp needs to run the process an R or Python session
-    built (:meth:`FedAvgProcess.to_spec`); picklable.
+    built (:meth:`FedAvgProcess.to_spec`); picklable (between one's own
+    processes), and JSON (:meth:`to_json`) wherever the receiver must not run
+    the sender's code.
     """
 
     model: Any  # fedr.learning.model.ModelSpec
@@ -121,6 +124,27 @@ class ProcessSpec(NamedTuple):
             aggregator=self.aggregator, executor=executor, seed=self.seed, min_clients=self.min_clients,
         )
 
+    def to_json(self) -> str:
+        """This spec as JSON: Keras configs, numbers, the aggregator by name and parameters (no pickle).
+
+        Raises:
+            FedTypeError: the aggregator is not one of fedr's built-in ones, or a field is not plain data.
+        """
+        from fedr.learning._spec_json import spec_to_json
+
+        return spec_to_json(self)
+
+    @staticmethod
+    def from_json(text: str) -> ProcessSpec:
+        """The spec of :meth:`to_json`'s text.
+
+        Raises:
+            FedValueError: not a fedr process spec, or an unknown aggregator or field.
+        """
+        from fedr.learning._spec_json import spec_from_json
+
+        return spec_from_json(text)
+
 
 class LearningProcessOutput(NamedTuple):
     """What ``next`` returns: the new state and the round's training metrics."""
@@ -135,6 +159,16 @@ def _check_factory(fn: Any, argument: str) -> None:
 
 
 def _build_model(model_fn: Callable[[], Model]) -> Model:
+    import keras
+
+    if isinstance(model_fn, keras.Model | Model):
+        # A Keras model is callable too: called with no inputs, Keras would
+        # say "missing a required argument: 'inputs'", which helps nobody.
+        raise FedTypeError(
+            f"model_fn: expected a function with no arguments returning from_keras_model(...), got a built "
+            f"{type(model_fn).__name__}; every client trains its own fresh copy, so pass e.g. "
+            "`lambda: fedr.learning.from_keras_model(keras.models.clone_model(model), loss=..., metrics=[...])`"
+        )
     _check_factory(model_fn, "model_fn")
     model = model_fn()
     if not isinstance(model, Model):
@@ -336,13 +370,14 @@ def _group_jobs(clients: Sequence[ClientData], local_epochs: int, workers: int) 
 
 
 def _client_seeds(base: int, round_num: int, client_ids: Sequence[str]) -> list[np.random.SeedSequence]:
-    """Each client's seed from (seed, round, client id); a repeated id also counts its repeats."""
+    """Each client's seed, keyed by the server (HMAC of round, client id, repeat); a repeated id counts its repeats."""
+    key = _seeds.server_key(base)
     seen: dict[str, int] = {}
     seeds = []
     for client_id in client_ids:
         repeat = seen.get(client_id, 0)
         seen[client_id] = repeat + 1
-        seeds.append(_seeds.derive(base, _seeds.CLIENT, round_num, _seeds.client_key(client_id), repeat))
+        seeds.append(_seeds.client_seed(key, round_num, client_id, repeat))
     return seeds
 
 
@@ -474,8 +509,11 @@ class FedAvgProcess:
         self._initial = self._first.weights()
         self._spec = None
         if self._remote:
-            # Fail now, naming what cannot travel, not in the first round.
-            self._spec = model_spec(self._first.model)
+            # Fail now, naming what cannot travel (and the argument it came from), not in the first round.
+            try:
+                self._spec = model_spec(self._first.model)
+            except FedTypeError as err:
+                raise FedTypeError(f"model_fn: {err}") from None
             self._optimizer_config = _optimizer_config(self._first.optimizer)
         self.server = ServerOptimizer(server_optimizer_fn, self._first.num_weights)
         self.local_epochs = int(local_epochs)
@@ -521,6 +559,23 @@ class FedAvgProcess:
                 f"has {list(self._agg_names)}; is it from a process with another aggregator?"
             )
         return state
+
+    def check_data(self, federated_data: Any, argument: str = "federated_data") -> None:
+        """Raise when a client of ``federated_data`` does not fit the model; the message starts with ``argument``.
+
+        For data used later (held-out clients of a fit loop): checked now, before
+        any round trains, and named as the caller's argument, not only the client.
+
+        Raises:
+            FedTypeError: ``federated_data`` is not client data.
+            FedValueError: a client's features or labels do not fit the model or its loss.
+        """
+        clients = _clients(federated_data, argument)
+        for client in clients:
+            try:
+                self._first.check(client)
+            except FedValueError as err:
+                raise FedValueError(f"{argument}: {err}") from None
 
     def next(self, state: ServerState, federated_data: Any) -> LearningProcessOutput:
         """Run one round of FedAvg over the clients in ``federated_data``.
@@ -605,12 +660,19 @@ class FedAvgProcess:
         on each finite output), then call :meth:`finish_round`.
 
         Raises:
-            FedTypeError, FedValueError: a bad state, no clients, or the aggregator refused the round.
+            FedTypeError, FedValueError: a bad state, no clients, fewer clients
+                than a ``min_clients`` count, or the aggregator refused the round.
         """
         self.check_state(state)
         ids = [str(c) for c in client_ids]
         if not ids:
             raise FedValueError("client_ids: expected at least one client, got none")
+        if isinstance(self.min_clients, int) and len(ids) < self.min_clients:
+            # Refused before anyone trains: running with fewer would quietly lower the user's limit.
+            raise FedValueError(
+                f"min_clients: the round has {len(ids)} client(s), fewer than min_clients = "
+                f"{self.min_clients}; select at least {self.min_clients} clients or lower min_clients"
+            )
         round_num = state.round_num + 1
         context = self.aggregator.start_round(
             state.aggregator_state, ids, seed=_seeds.derive(self._base_seed, _seeds.AGGREGATE, round_num, 0),
@@ -650,7 +712,7 @@ class FedAvgProcess:
             )
         n_clients = len(plan.client_ids)
         needed = self.min_clients if isinstance(self.min_clients, int) else math.ceil(self.min_clients * n_clients)
-        needed = max(1, min(needed, n_clients))
+        needed = max(1, needed)
         if len(kept) < needed:
             parts = [f"{f.client_id} ({f.error})" for f in failed] + [f"{d} (non-finite update)" for d in dropped]
             raise FedValueError(
@@ -681,9 +743,7 @@ class FedAvgProcess:
                 f"{getattr(update, 'dtype', type(update).__name__)} {getattr(update, 'shape', '')}, "
                 f"expected float32 {flat.shape}"
             )
-        clash = set(result.metrics) & {
-            "loss", "num_examples", "num_clients", "num_clients_dropped", "num_clients_failed", *self._metric_names
-        }
+        clash = set(result.metrics) & {"loss", *COUNT_COLUMNS, *self._metric_names}
         if clash:
             raise FedValueError(f"aggregator {aggregator!r}: its metrics {sorted(clash)} clash with the round's")
         opt_state, new_flat = self.server.apply(state.optimizer_state, flat, update)
@@ -700,6 +760,10 @@ class FedAvgProcess:
         metrics = combine_metrics(self._metric_names, [(o.metrics, o.loss_sum, o.num_examples) for o in kept])
         metrics["num_clients_dropped"] = len(dropped)
         metrics["num_clients_failed"] = len(failed)
+        released = aggregator.released_metrics
+        if released is not None:
+            # E.g. differential privacy: report only what its guarantee covers.
+            metrics = {name: value for name, value in metrics.items() if name in released}
         metrics.update(result.metrics)
         return LearningProcessOutput(new_state, metrics)
 
@@ -785,7 +849,9 @@ def build_weighted_fed_avg(
             before ``model_fn`` runs.
         workers: Shorthand for ``executor=fedr.executors.threads(workers)``.
         min_clients: How many clients must return a usable update for a round
-            to count: a count, or a fraction of the round's clients. A client
+            to count: a count (an int; a round with fewer clients is refused
+            before they train), or a fraction (a float in (0, 1]) of the
+            round's clients. A client
             that raises, dies or times out is left out and named
             (``num_clients_failed`` and a :class:`ClientsFailedWarning`); with
             fewer than ``min_clients`` left the round fails and the state is

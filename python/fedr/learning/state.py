@@ -270,11 +270,19 @@ def save_state(state: ServerState, path: str | os.PathLike[str]) -> str:
 
     Raises:
         FedTypeError: ``state`` is not a ServerState.
+        FedValueError: ``path`` is a directory.
         FileNotFoundError: the directory does not exist.
+        OSError: (e.g. PermissionError) the file or its directory cannot be
+            written; the message names ``path``.
     """
     if not isinstance(state, ServerState):
         raise FedTypeError(f"state: expected a ServerState, got {type(state).__name__}")
     path = _check_path(path)
+    if os.path.isdir(path):
+        raise FedValueError(
+            f"path: {path!r} is a directory; give the checkpoint a file name, e.g. "
+            f"{os.path.join(path, 'state.fedr')!r}"
+        )
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"path: directory {directory!r} does not exist")
@@ -289,7 +297,11 @@ def save_state(state: ServerState, path: str | os.PathLike[str]) -> str:
     }
     arrays = {f"a{i}": a for i, (_, _, a) in enumerate(entries)}
     arrays[_HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=".fedr-", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fedr-", suffix=".tmp", dir=directory)
+    except OSError as err:
+        # The OS names the temporary file; the user knows only `path`.
+        raise _write_error(err, path, directory) from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -300,9 +312,11 @@ def save_state(state: ServerState, path: str | os.PathLike[str]) -> str:
             os.fchmod(f.fileno(), 0o666 & ~umask)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _write_error(err, path, directory) from None
         raise
     # The rename itself reaches the disk with the directory.
     dir_fd = os.open(directory, os.O_RDONLY)
@@ -311,6 +325,15 @@ def save_state(state: ServerState, path: str | os.PathLike[str]) -> str:
     finally:
         os.close(dir_fd)
     return path
+
+
+def _write_error(err: OSError, path: str, directory: str) -> OSError:
+    """``err`` again (same type, e.g. PermissionError), naming the user's ``path``, not the temporary file."""
+    why = err.strerror or str(err)
+    return type(err)(
+        f"path: cannot write the checkpoint {path!r}: {why} (a temporary file in {directory!r} "
+        "is written first, then renamed over it; the directory must be writable)"
+    )
 
 
 def _check_path(path: Any) -> str:
@@ -334,6 +357,7 @@ def load_state(path: str | os.PathLike[str], process: Any = None) -> ServerState
 
     Raises:
         FileNotFoundError: no such file.
+        FedValueError: ``path`` is a directory.
         StateFileError: the file is not a fedr checkpoint, is truncated or
             corrupt, or has another format version; the message names the file.
         FedValueError: ``process`` is given and the state does not fit its
@@ -355,6 +379,8 @@ def load_state(path: str | os.PathLike[str], process: Any = None) -> ServerState
 
 def _read_state(path: str | os.PathLike[str]) -> ServerState:
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise FedValueError(f"path: {path!r} is a directory, not a checkpoint file written by save_state()")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no checkpoint file at {path!r}")
 

@@ -10,14 +10,19 @@ aggregation (Bonawitz et al. 2017), with the cryptography from ``cryptography``.
 Each is an aggregator, passed as ``build_weighted_fed_avg(..., aggregator=)``.
 """
 
-from fedr.privacy._dp import GaussianDP, epsilon, gaussian_adaptive, gaussian_fixed
+from fedr.privacy._accounting import SAMPLINGS, epsilon
+from fedr.privacy._dp import GaussianDP, check_sampling, gaussian_adaptive, gaussian_fixed
+from fedr.privacy._noise import ReproducibleNoiseWarning
 from fedr.privacy._secagg import MaskedInput, SecureMean, SecureSum, secure_mean, secure_sum
 
 __all__ = [
     "GaussianDP",
     "MaskedInput",
+    "ReproducibleNoiseWarning",
+    "SAMPLINGS",
     "SecureMean",
     "SecureSum",
+    "check_sampling",
     "epsilon",
     "gaussian_adaptive",
     "gaussian_fixed",

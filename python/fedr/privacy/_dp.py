@@ -1,31 +1,32 @@
-"""Differential privacy for federated averaging: clipping, Gaussian noise, adaptive clipping, accounting.
+"""Differential privacy for federated averaging: clipping, Gaussian noise, adaptive clipping.
 
 DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent
 Language Models"): every client's whole update (all trainable variables
-together) is L2-clipped to ``clip``; the server sums the clipped updates,
-adds Gaussian noise of standard deviation ``noise_multiplier * clip`` per
-coordinate and divides by the expected number of clients per round (an
-unweighted mean, as TensorFlow Federated does: weighting by example counts
-would let one client's weight reveal it).
+together) is L2-clipped to ``clip``; the server sums the clipped updates
+(through an ``inner`` aggregator that must be a sum), adds Gaussian noise of
+standard deviation ``noise_multiplier * clip`` per coordinate and divides by
+the expected number of clients per round (an unweighted mean, as TensorFlow
+Federated does: weighting by example counts would let one client's weight
+reveal it). The noise comes from the OS CSPRNG (:mod:`fedr.privacy._noise`).
 
 Adaptive clipping (Andrew et al. 2021, "Differentially Private Learning with
-Adaptive Clipping"): each client also reports b_i = 1[|Δ_i| <= C]; the server
-noises their sum with N(0, σ_b²), takes the fraction b̄ over the expected
-number of clients and updates ``C <- C · exp(-η (b̄ - γ))``: the clip grows
-when fewer than the target quantile γ of updates fit under it and shrinks
-when more do. The privacy of both releases together equals that of one
-Gaussian mechanism with multiplier ``z``: the update noise multiplier is
-raised to ``z_Δ = (z⁻² - (2σ_b)⁻²)^(-1/2)`` (Theorem 1 of the paper), which
-needs ``z < 2σ_b``.
+Adaptive Clipping"; TensorFlow Privacy's ``QuantileEstimatorQuery``): each
+client also reports b_i = 1[|Δ_i| <= C]; the server releases the *centred*
+count Σ(b_i − 1/2) + N(0, σ_b²), whose sensitivity is 1/2, adds back half
+the expected count, divides by it and clamps the fraction b̄ to [0, 1]; then
+``C <- C · exp(-η (b̄ - γ))``. Both releases together are as private as one
+Gaussian mechanism of multiplier ``z`` when the update noise multiplier is
+raised to ``z_Δ = (z⁻² - (2σ_b)⁻²)^(-1/2)`` (Theorem 1 of the paper; needs
+``z < 2σ_b``), which is what the accountant (:mod:`fedr.privacy._accounting`)
+counts, under each neighbouring relation.
 
-The privacy budget ε comes from Google's ``dp-accounting`` RDP accountant over
-rounds of ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` with
-``q = clients_per_round / population_size``; it is never computed by hand here.
+The accountant counts the sampling that runs: the aggregator takes
+``sampling=`` and refuses, before any client trains, a round whose cohort
+that sampling cannot produce.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,92 +36,20 @@ import numpy as np
 
 from fedr.aggregators import AggregateResult, Aggregator, Sum
 from fedr.errors import FedTypeError, FedValueError
+from fedr.privacy._accounting import _count, _number, check_population, check_sampling_name, epsilon
+from fedr.privacy._noise import check_noise_seed, noise_generator
 
-__all__ = ["GaussianDP", "epsilon", "gaussian_adaptive", "gaussian_fixed"]
+__all__ = ["GaussianDP", "check_sampling", "gaussian_adaptive", "gaussian_fixed"]
 
 NamedArrays = tuple[tuple[str, np.ndarray], ...]
 
-
-# ----------------------------------------------------------------------------- accounting
-
-
-def _number(value: Any, name: str, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
-    x = float(value) if ok else math.nan
-    if ok and math.isfinite(x):
-        ok = (low is None or (x > low if low_open else x >= low)) and (
-            high is None or (x < high if high_open else x <= high)
-        )
-    else:
-        ok = False
-    if not ok:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-        where = f" in {lo}, {hi}" if lo and hi else (f" > {low:g}" if low_open else f" >= {low:g}") if lo else ""
-        raise FedValueError(f"{name}: expected a finite number{where}, got {value!r}")
-    return x
-
-
-def _count(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise FedValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def epsilon(
-    noise_multiplier: float, clients_per_round: int, population_size: int, rounds: int, target_delta: float
-) -> float:
-    """The privacy budget ε spent by ``rounds`` rounds of DP-FedAvg, from dp-accounting's RDP accountant.
-
-    Plans a budget before training: each round samples clients with
-    probability ``clients_per_round / population_size`` (Poisson sampling)
-    and releases their clipped sum with Gaussian noise of multiplier
-    ``noise_multiplier``. For q = 0.01, z = 1.1, 200 rounds and δ = 1e-5 it is
-    about 1.058.
-
-    Args:
-        noise_multiplier: z, the noise standard deviation over the clip (> 0).
-        clients_per_round: Expected clients per round.
-        population_size: Clients in the population (>= clients_per_round).
-        rounds: Rounds (>= 0).
-        target_delta: δ in (0, 1).
-
-    Returns:
-        ε for (ε, δ)-differential privacy at the client level.
-
-    Raises:
-        FedValueError: an argument is out of range (named in the message).
-    """
-    import dp_accounting
-
-    z = _number(noise_multiplier, "noise_multiplier", low=0, low_open=True)
-    n = _count(clients_per_round, "clients_per_round")
-    population = _count(population_size, "population_size")
-    if population < n:
-        raise FedValueError(
-            f"population_size: expected at least clients_per_round ({n}) clients, got {population}"
-        )
-    steps = _count(rounds, "rounds", minimum=0)
-    delta = _number(target_delta, "target_delta", low=0, high=1, low_open=True, high_open=True)
-    if steps == 0:
-        return 0.0
-    accountant = dp_accounting.rdp.RdpAccountant()
-    event = dp_accounting.PoissonSampledDpEvent(n / population, dp_accounting.GaussianDpEvent(z))
-    # For large sampling rates some fractional RDP orders do not converge; the
-    # accountant leaves them out (which can only raise epsilon) and logs a
-    # warning per order through absl: keep those out of the user's console.
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        accountant.compose(event, steps)
-        return float(accountant.get_epsilon(delta))
-    finally:
-        absl.setLevel(level)
-
-
-# ----------------------------------------------------------------------------- the aggregator
+# The round metrics of the process (fedr.learning) that DP releases: counts of
+# the cohort, public under fixed-size and all-client sampling. Loss, model
+# metrics and num_examples are exact functions of the clients' data, which the
+# guarantee does not cover, so they are left out.
+_RELEASED = frozenset({"num_clients", "num_clients_dropped", "num_clients_failed"})
+# Under Poisson sampling the cohort's size is itself a count of participants.
+_RELEASED_POISSON = frozenset({"num_clients_dropped", "num_clients_failed"})
 
 
 class ClippedUpdate(NamedTuple):
@@ -138,8 +67,29 @@ class _Output:
     num_examples: int
 
 
+def _check_inner(inner: Any) -> Aggregator:
+    """The inner aggregator, which must declare itself a sum (``is_sum``): DP noises a sum."""
+    if inner is None:
+        return Sum()
+    if not isinstance(inner, Aggregator) or not getattr(inner, "is_sum", False):
+        got = repr(inner) if isinstance(inner, Aggregator) else type(inner).__name__
+        raise FedTypeError(
+            "inner: expected a sum such as fedr.aggregators.sum() or fedr.privacy.secure_sum() "
+            f"(differential privacy adds its noise to the sum of the clipped updates), got {got}"
+        )
+    return inner
+
+
 class GaussianDP(Aggregator):
-    """DP-FedAvg's aggregator: clip, sum (through ``inner``), noise, divide; optionally adaptive clip."""
+    """DP-FedAvg's aggregator: clip, sum (through ``inner``), noise, divide; optionally adaptive clip.
+
+    Attributes:
+        released_metrics: The process's round metrics this aggregator lets
+            through: ``num_clients`` (not under Poisson sampling),
+            ``num_clients_dropped``, ``num_clients_failed``. Loss, the model's
+            metrics and ``num_examples`` are left out: they are exact
+            functions of the clients' data.
+    """
 
     averages_non_trainable = False
 
@@ -157,6 +107,8 @@ class GaussianDP(Aggregator):
         target_delta: float | None = None,
         max_epsilon: float | None = None,
         inner: Aggregator | None = None,
+        sampling: str = "fixed",
+        noise_seed: int | None = None,
     ) -> None:
         self.noise_multiplier = _number(noise_multiplier, "noise_multiplier", low=0)
         self.clients_per_round = _count(clients_per_round, "clients_per_round")
@@ -179,13 +131,12 @@ class GaussianDP(Aggregator):
                     "clipped_count_stddev or lower noise_multiplier"
                 )
             self.update_noise_multiplier = (self.noise_multiplier**-2 - two_sigma**-2) ** -0.5
+        self.sampling = check_sampling_name(sampling)
+        if population_size is None and self.sampling == "all":
+            population_size = self.clients_per_round  # every client: the cohort is the population
         if population_size is not None:
             population_size = _count(population_size, "population_size")
-            if population_size < self.clients_per_round:
-                raise FedValueError(
-                    f"population_size: expected at least clients_per_round ({self.clients_per_round}) "
-                    f"clients, got {population_size}"
-                )
+            check_population(self.sampling, self.clients_per_round, population_size)
         self.population_size = population_size
         self.target_delta = (
             None if target_delta is None
@@ -196,14 +147,9 @@ class GaussianDP(Aggregator):
             raise FedValueError(
                 "max_epsilon: needs population_size and target_delta to account the budget, and noise_multiplier > 0"
             )
-        if inner is None:
-            inner = Sum()
-        if not isinstance(inner, Aggregator):
-            raise FedTypeError(
-                f"inner: expected a sum such as fedr.aggregators.sum() or fedr.privacy.secure_sum(), "
-                f"got {type(inner).__name__}"
-            )
-        self.inner = inner
+        self.inner = _check_inner(inner)
+        self.noise_seed = check_noise_seed(noise_seed, stacklevel=4)
+        self.released_metrics = _RELEASED_POISSON if self.sampling == "poisson" else _RELEASED
 
     @property
     def accountable(self) -> bool:
@@ -211,9 +157,69 @@ class GaussianDP(Aggregator):
         return self.population_size is not None and self.target_delta is not None and self.noise_multiplier > 0
 
     def epsilon_after(self, rounds: int) -> float:
-        """ε after ``rounds`` rounds (the composed mechanism's multiplier ``noise_multiplier``)."""
+        """ε after ``rounds`` rounds, for this aggregator's sampling (the composed multiplier ``noise_multiplier``)."""
         assert self.population_size is not None and self.target_delta is not None
-        return epsilon(self.noise_multiplier, self.clients_per_round, self.population_size, rounds, self.target_delta)
+        return epsilon(self.noise_multiplier, self.clients_per_round, self.population_size, rounds,
+                       self.target_delta, sampling=self.sampling)
+
+    def check_sampling(self, sampling: str, clients_per_round: int, population_size: int | None = None) -> None:
+        """Refuse a run whose client sampling is not the one this aggregator accounts.
+
+        Args:
+            sampling: What the run does: ``"fixed"``, ``"poisson"`` or ``"all"``.
+            clients_per_round: The clients it samples per round (expected, for Poisson).
+            population_size: The population it samples from, if known.
+
+        Raises:
+            FedValueError: the sampling, the clients per round or the
+                population differs from the aggregator's; the message names which.
+        """
+        sampling = check_sampling_name(sampling)
+        if sampling != self.sampling:
+            raise FedValueError(
+                f"sampling: the run samples clients by '{sampling}' but the aggregator {self!r} accounts "
+                f"sampling = '{self.sampling}', so its epsilon would be wrong; build it with sampling = '{sampling}'"
+            )
+        if int(clients_per_round) != self.clients_per_round:
+            raise FedValueError(
+                f"clients_per_round: the run trains {int(clients_per_round)} clients per round but the "
+                f"aggregator's clients_per_round (its divisor and its accounting) is {self.clients_per_round}"
+            )
+        if population_size is not None and self.population_size is not None and int(population_size) != self.population_size:
+            raise FedValueError(
+                f"population_size: the run samples from {int(population_size)} clients but the aggregator "
+                f"accounts population_size = {self.population_size}"
+            )
+
+    def _check_cohort(self, client_ids: Sequence[str], round_num: int) -> None:
+        """Refuse a cohort the aggregator's sampling cannot produce (its ε would not hold)."""
+        n, k = len(client_ids), self.clients_per_round
+        if len(set(client_ids)) != n:
+            seen: set[str] = set()
+            twice = sorted({c for c in client_ids if c in seen or seen.add(c)})
+            raise FedValueError(
+                f"client_ids: round {round_num} lists {', '.join(twice)} more than once; under differential "
+                "privacy a client takes part at most once per round (its update would count twice)"
+            )
+        fix = "or build the aggregator with the sampling you run (sampling = 'fixed', 'poisson' or 'all')"
+        if self.sampling == "fixed" and n > k:
+            raise FedValueError(
+                f"client_ids: round {round_num} has {n} clients, more than clients_per_round = {k}; the "
+                f"aggregator accounts sampling = 'fixed' (a uniform sample of {k} clients per round), so the "
+                f"round was refused before any client trained. Sample {k} clients per round "
+                f"(fedr.learning.sample_clients; from R, fed_fit(clients_per_round = {k})) {fix}"
+            )
+        if self.sampling == "all" and n != k:
+            raise FedValueError(
+                f"client_ids: round {round_num} has {n} clients, but the aggregator accounts sampling = 'all' "
+                f"(every one of the population's {k} clients every round), so the round was refused before "
+                f"any client trained; train every client, {fix}"
+            )
+        if self.sampling == "poisson" and self.population_size is not None and n > self.population_size:
+            raise FedValueError(
+                f"client_ids: round {round_num} has {n} clients, more than population_size = "
+                f"{self.population_size}, from which Poisson sampling draws; the round was refused"
+            )
 
     # -- state: clip, rounds so far, the inner sum's state ("inner/..." names)
 
@@ -232,6 +238,7 @@ class GaussianDP(Aggregator):
     ) -> Any:
         own, inner_state = self._split(state)
         round_num = int(own["rounds"]) + 1
+        self._check_cohort(list(client_ids), round_num)
         if self.max_epsilon is not None:
             spent = self.epsilon_after(round_num)
             if spent > self.max_epsilon:
@@ -276,16 +283,21 @@ class GaussianDP(Aggregator):
         sent = [_Output(o.client_id, o.delta.vector, o.num_examples) for o in outputs]
         inner = self.inner.aggregate(inner_state, sent, seed=seed, context=context)
         total = np.asarray(inner.update, np.float64)
-        rng = np.random.default_rng(seed)
+        # The noise never comes from `seed` (the process seed's stream): see _noise.
+        rng = noise_generator(self.noise_seed, rounds)
         stddev = self.update_noise_multiplier * clip
         noised = total + rng.normal(0.0, stddev, total.shape) if stddev > 0 else total
         update = (noised / self.clients_per_round).astype(np.float32)
         metrics = {"clip": clip, "dp_noise_stddev": stddev}
         new_clip = clip
         if self.adaptive:
-            unclipped = sum(1 for o in outputs if o.delta.unclipped)
-            noisy = unclipped + (rng.normal(0.0, self.clipped_count_stddev) if self.noise_multiplier > 0 else 0.0)
-            fraction = noisy / self.clients_per_round
+            # TensorFlow Privacy's QuantileEstimatorQuery: the centred count
+            # sum(b_i - 1/2) has sensitivity 1/2 (what z_delta assumes); add back
+            # half the expected count, normalise, clamp to [0, 1].
+            centred = sum(0.5 if o.delta.unclipped else -0.5 for o in outputs)
+            if self.noise_multiplier > 0:
+                centred += rng.normal(0.0, self.clipped_count_stddev)
+            fraction = min(1.0, max(0.0, centred / self.clients_per_round + 0.5))
             new_clip = clip * math.exp(-self.clip_learning_rate * (fraction - self.target_quantile))
             metrics["dp_unclipped_fraction"] = float(fraction)
         if self.accountable:
@@ -299,10 +311,34 @@ class GaussianDP(Aggregator):
     def __repr__(self) -> str:
         kind = "gaussian_adaptive" if self.adaptive else "gaussian_fixed"
         clip = "initial_clip" if self.adaptive else "clip"
+        extra = "" if self.sampling == "fixed" else f", sampling='{self.sampling}'"
+        if self.noise_seed is not None:
+            extra += f", noise_seed={self.noise_seed}"
         return (
             f"{kind}(noise_multiplier={self.noise_multiplier:g}, clients_per_round={self.clients_per_round}, "
-            f"{clip}={self.initial_clip:g}, inner={self.inner!r})"
+            f"{clip}={self.initial_clip:g}{extra}, inner={self.inner!r})"
         )
+
+
+def check_sampling(aggregator: Any, sampling: str, clients_per_round: int, population_size: int | None = None) -> None:
+    """Refuse a run whose client sampling differs from what a DP ``aggregator`` accounts (others: no check).
+
+    R's ``fed_fit`` calls it before the first round with what it will do
+    (uniform sampling of ``clients_per_round``: ``"fixed"``; every client: ``"all"``).
+
+    Args:
+        aggregator: The process's aggregator.
+        sampling: ``"fixed"``, ``"poisson"`` or ``"all"``.
+        clients_per_round: Clients per round (expected, for Poisson).
+        population_size: The population sampled from.
+
+    Raises:
+        FedValueError: a mismatch, naming ``sampling``, ``clients_per_round`` or ``population_size``.
+    """
+    check_sampling_name(sampling)
+    if isinstance(aggregator, GaussianDP):
+        aggregator.check_sampling(sampling, clients_per_round, population_size)
+
 
 
 def gaussian_fixed(
@@ -314,38 +350,63 @@ def gaussian_fixed(
     target_delta: float | None = None,
     max_epsilon: float | None = None,
     inner: Aggregator | None = None,
+    sampling: str = "fixed",
+    noise_seed: int | None = None,
 ) -> GaussianDP:
     """DP-FedAvg with a fixed clip (McMahan et al. 2018), as ``aggregator=``.
 
     Each client's whole update is L2-clipped to ``clip``; the server sums them
     (through ``inner``), adds N(0, (noise_multiplier·clip)²) per coordinate and
-    divides by ``clients_per_round``. Noise comes from the process seed, so
-    seeded runs repeat. Non-trainable variables (BatchNorm statistics) are not
+    divides by ``clients_per_round``. The noise comes from the operating
+    system's CSPRNG, fresh at every release: nobody who knows the process seed
+    can recompute it. Non-trainable variables (BatchNorm statistics) are not
     aggregated under DP: they would leak unprotected, so they keep their
     initial values (the process warns when the model has any).
 
+    What a round releases: the model update and, in the round's metrics,
+    ``clip``, ``dp_noise_stddev``, ``epsilon`` (when accounted), the inner
+    sum's metrics, ``num_clients`` (not under Poisson sampling),
+    ``num_clients_dropped`` and ``num_clients_failed``. The training loss, the
+    model's metrics (accuracy, ...) and ``num_examples`` are exact functions
+    of the clients' data that ε does not cover, so they are left out; evaluate
+    on held-out data instead.
+
     Args:
         noise_multiplier: z >= 0 (0: clipping only, no privacy).
-        clients_per_round: The expected number of clients per round (the divisor).
+        clients_per_round: The number of clients per round (the divisor; the
+            expected number under Poisson sampling).
         clip: The L2 norm bound C > 0.
         population_size: Clients in the population; with ``target_delta``,
-            every round's metrics report ``epsilon``.
+            every round's metrics report ``epsilon``. Under ``"all"`` it is
+            ``clients_per_round``.
         target_delta: δ in (0, 1).
         max_epsilon: Refuse a round that would spend more than this, before any
             client trains (the state stays unchanged).
-        inner: The sum: ``fedr.aggregators.sum()`` (default) or
-            ``fedr.privacy.secure_sum(...)``.
+        inner: The sum (an aggregator with ``is_sum``): ``fedr.aggregators.sum()``
+            (default) or ``fedr.privacy.secure_sum(...)``; a mean or median is refused.
+        sampling: How the rounds' clients are drawn, which ε accounts and each
+            round checks: ``"fixed"`` (default: a uniform sample of at most
+            ``clients_per_round`` without replacement, as
+            ``fedr.learning.sample_clients``, R's ``fed_fit`` and Flower's
+            ``fraction`` do; a larger cohort is refused), ``"poisson"`` (each
+            client with probability ``clients_per_round / population_size``,
+            ``fedr.learning.sample_clients_poisson``) or ``"all"`` (every
+            client every round; any other cohort size is refused). A client
+            listed twice in a round is refused under any sampling.
+        noise_seed: For tests only: reproducible noise from (noise_seed,
+            round). Whoever knows it can remove the noise, so it voids the
+            guarantee and warns (:class:`ReproducibleNoiseWarning`).
 
     Returns:
-        An :class:`~fedr.aggregators.Aggregator` reporting ``clip`` (and
-        ``epsilon``) in the round's metrics.
+        A :class:`GaussianDP` aggregator.
 
     Raises:
         FedValueError: an argument out of range, named in the message.
+        FedTypeError: ``inner`` is not a sum.
     """
     return GaussianDP(
         noise_multiplier, clients_per_round, clip=clip, adaptive=False, population_size=population_size,
-        target_delta=target_delta, max_epsilon=max_epsilon, inner=inner,
+        target_delta=target_delta, max_epsilon=max_epsilon, inner=inner, sampling=sampling, noise_seed=noise_seed,
     )
 
 
@@ -361,36 +422,48 @@ def gaussian_adaptive(
     target_delta: float | None = None,
     max_epsilon: float | None = None,
     inner: Aggregator | None = None,
+    sampling: str = "fixed",
+    noise_seed: int | None = None,
 ) -> GaussianDP:
     """DP-FedAvg with adaptive clipping (Andrew et al. 2021), as ``aggregator=``.
 
     As :func:`gaussian_fixed`, but the clip follows the ``target_quantile`` of
     the clients' update norms: ``C <- C · exp(-clip_learning_rate · (b̄ - target_quantile))``
-    with b̄ the noised fraction of clients whose update norm is at most C. So
+    with b̄ the noised fraction of clients whose update norm is at most C,
+    released as TensorFlow Privacy's quantile estimator does: the centred
+    count Σ(b_i − 1/2) (sensitivity 1/2) plus N(0, σ_b²), plus half of
+    ``clients_per_round``, over ``clients_per_round``, clamped to [0, 1]. So
     the clip grows when most updates are clipped and shrinks when few are.
     The update noise multiplier is raised to (z⁻² − (2σ_b)⁻²)^(−1/2) so that
     both releases together have the privacy of one Gaussian mechanism with
     multiplier ``noise_multiplier`` (which is what ε accounts).
 
+    What a round releases: as :func:`gaussian_fixed`, plus
+    ``dp_unclipped_fraction`` (b̄, a DP release); loss, model metrics and
+    ``num_examples`` are left out.
+
     Args:
         noise_multiplier: z >= 0; must be below ``2 * clipped_count_stddev``.
-        clients_per_round: The expected number of clients per round.
+        clients_per_round: The number of clients per round (expected, for Poisson).
         initial_clip: The clip of the first round (> 0).
         target_quantile: γ in [0, 1], the share of updates the clip should fit.
         clip_learning_rate: η >= 0.
-        clipped_count_stddev: σ_b > 0, the noise on the count of unclipped
-            updates; default ``clients_per_round / 20``.
-        population_size, target_delta, max_epsilon, inner: As in :func:`gaussian_fixed`.
+        clipped_count_stddev: σ_b > 0, the noise on the centred count of
+            unclipped updates; default ``clients_per_round / 20``.
+        population_size, target_delta, max_epsilon, inner, sampling, noise_seed:
+            As in :func:`gaussian_fixed`.
 
     Returns:
-        An :class:`~fedr.aggregators.Aggregator` reporting ``clip``,
+        A :class:`GaussianDP` aggregator reporting ``clip``,
         ``dp_unclipped_fraction`` (and ``epsilon``) every round.
 
     Raises:
         FedValueError: an argument out of range, or noise_multiplier >= 2σ_b.
+        FedTypeError: ``inner`` is not a sum.
     """
     return GaussianDP(
         noise_multiplier, clients_per_round, clip=initial_clip, adaptive=True, target_quantile=target_quantile,
         clip_learning_rate=clip_learning_rate, clipped_count_stddev=clipped_count_stddev,
         population_size=population_size, target_delta=target_delta, max_epsilon=max_epsilon, inner=inner,
+        sampling=sampling, noise_seed=noise_seed,
     )

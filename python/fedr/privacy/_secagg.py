@@ -74,6 +74,18 @@ def _positive(value: Any, name: str) -> float:
     return float(value)
 
 
+# Why a threshold must be a majority (Bonawitz et al. 2017, section 4): every
+# surviving client reveals, for each other client, the share of its self mask
+# or that of its mask key, never both; two disjoint groups of t clients exist
+# only when t <= n/2, and a server that told each group a different story
+# about who dropped would learn both secrets of a client, hence its update.
+_MAJORITY = (
+    "secure aggregation needs t > n/2 survivors (Bonawitz et al. 2017): with t <= n/2 two disjoint "
+    "groups of t clients could each be asked for one of a client's two secrets, and the server "
+    "would unmask that client's update"
+)
+
+
 def _integer(value: Any, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
         raise FedValueError(f"{name}: expected an integer >= {low}, got {value!r}")
@@ -139,11 +151,17 @@ class _Secure(Aggregator):
         self.bits = int(bits)
         if threshold is not None:
             if isinstance(threshold, float | np.floating):
-                if not 0 < float(threshold) <= 1:
-                    raise FedValueError(f"threshold: a fraction must be in (0, 1], got {threshold!r}")
+                if not 0.5 < float(threshold) <= 1:
+                    raise FedValueError(
+                        f"threshold: a fraction must be in (0.5, 1], got {threshold!r}; {_MAJORITY}"
+                    )
                 threshold = float(threshold)
             else:
-                threshold = _integer(threshold, "threshold", 1)
+                if isinstance(threshold, int | np.integer) and not isinstance(threshold, bool) and threshold == 1:
+                    raise FedValueError(
+                        f"threshold: expected an integer >= 2, got 1; {_MAJORITY} (a round has at least 2)"
+                    )
+                threshold = _integer(threshold, "threshold", 2)
         self.threshold = threshold
         if neighbors is not None:
             neighbors = _integer(neighbors, "neighbors", 2)
@@ -198,6 +216,11 @@ class _Secure(Aggregator):
             raise FedValueError(
                 f"threshold: {threshold} is more than the {size} clients of a round of {n} "
                 f"(neighbours included): lower it or select more clients"
+            )
+        if 2 * threshold <= size:
+            raise FedValueError(
+                f"threshold: {threshold} is not more than half of the {size} clients of a round of {n} "
+                f"(neighbours included); {_MAJORITY}: raise it or select fewer clients"
             )
         graph_rng = None
         seed_words = None
@@ -307,6 +330,8 @@ class _Secure(Aggregator):
 class SecureSum(_Secure):
     """The sum of the clients' updates under secure aggregation (see :func:`secure_sum`)."""
 
+    is_sum = True  # differential privacy's inner sum
+
     def _encode(self, delta: np.ndarray, num_examples: int, ctx: SecureRound) -> np.ndarray:
         clipped = np.clip(delta.astype(np.float64), -ctx.clip_range, ctx.clip_range)
         return self._quantize(clipped, ctx, ctx.rng(delta, 0))
@@ -389,8 +414,12 @@ _ARGS_DOC = """
             M = (2^(bits-1) - 1) // n levels per client for n clients, so the
             sum cannot overflow.
         threshold: How many clients must survive (send their masked update)
-            to unmask the sum. An int, a fraction of the round's clients in
-            (0, 1], or None for ceil(2n/3) (at least 2): up to a third of the
+            to unmask the sum; more than half of the round's n clients
+            (t > n/2, Bonawitz et al. 2017: with t <= n/2 the server could
+            learn both secrets of a client from two disjoint groups and
+            unmask its update), so a round with t <= n/2 is refused. An int
+            >= 2, a fraction of the round's clients in (0.5, 1], or None for
+            ceil(2n/3) (at least 2): up to a third of the
             clients may drop; the server with fewer than ``threshold`` clients
             colluding learns nothing more than the sum (Bonawitz et al. 2017,
             Theorem 6.3). With ``neighbors``, n is the neighbourhood's size.
@@ -428,7 +457,8 @@ def secure_sum(
 
     Raises:
         FedValueError: an argument out of range; at a round, fewer than 2
-            clients, or (in ``aggregate``) fewer survivors than the threshold.
+            clients or a threshold not above half of them, or (in
+            ``aggregate``) fewer survivors than the threshold.
     """
     return SecureSum(clip_range=clip_range, bits=bits, threshold=threshold, neighbors=neighbors)
 

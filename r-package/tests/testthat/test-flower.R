@@ -37,8 +37,12 @@ test_that("nodes serve R data frames to a run started from R, with the in-proces
                         fed_clients(list(site_a = as_client(site_a), site_b = as_client(site_b))),
                         rounds = 2, verbose = FALSE)
 
-  link <- fed_flower_superlink()
+  root <- withr::local_tempdir()
+  link <- fed_flower_superlink(root = root)
   on.exit(link$stop(), add = TRUE)
+  expect_error(fed_flower_run(fed_averaging(model, fed_optimizer("sgd", 0.5)), rounds = 1, superlink = link,
+                              out_dir = "/etc", verbose = FALSE),
+               "`out_dir`: '/etc' is outside the folder this SuperLink allows run configs to use", class = "fedr_error_input")
   expect_output(print(link), "^<fed_flower_process> superlink 127\\.0\\.0\\.1:[0-9]+ \\(running\\)$")
   a <- fed_flower_node(site_a, link, client_id = "site_a")
   on.exit(a$stop(), add = TRUE)
@@ -63,6 +67,7 @@ test_that("nodes serve R data frames to a run started from R, with the in-proces
   expect_equal(history$loss, in_process$loss, tolerance = 1e-6)
   expect_equal(history$sparse_categorical_accuracy, in_process$sparse_categorical_accuracy, tolerance = 1e-6)
   expect_true(file.exists(file.path(attr(history, "out_dir"), "state.npz")))
+  expect_identical(dirname(normalizePath(attr(history, "out_dir"))), normalizePath(root))
   printed <- capture.output(print(history))
   expect_identical(printed[[1]], "<fed_history> 2 rounds of federated training")
   expect_false(any(grepl("site_a;site_b", printed)))
@@ -93,6 +98,10 @@ test_that("Flower functions check their arguments in R, naming them", {
   expect_error(fed_flower_run(fed_averaging(tabular_model(), fed_optimizer("sgd", 0.5), aggregator = fed_aggregator_secure_mean()),
                               rounds = 1, superlink = "127.0.0.1:9"),
                "secure aggregation needs extra rounds of messages", class = "fedr_error")
+  refused <- "`root_certificates`: connecting to the SuperLink at 10.1.2.3:9092 without TLS is refused"
+  expect_error(fed_flower_node(data.frame(a = 1:2, label = 0:1), "10.1.2.3:9092"), refused, class = "fedr_error_input")
+  expect_error(fed_flower_run(process, rounds = 1, superlink = "10.1.2.3:9092", verbose = FALSE), refused,
+               class = "fedr_error_input")
   certs <- fed_flower_certificates(withr::local_tempdir())
   expect_named(certs, c("ca", "certfile", "keyfile"))
   expect_true(all(file.exists(unlist(certs))))

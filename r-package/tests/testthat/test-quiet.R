@@ -132,10 +132,15 @@ test_that("library(fedr) sets TF_CPP_MIN_LOG_LEVEL only when the user has not", 
   state$tf_log_level_set <- NULL
   expect_true(fedr:::fedr_quiet_tensorflow())
   expect_identical(Sys.getenv("TF_CPP_MIN_LOG_LEVEL"), "2")
-  # fedr.verbose set later (before Python starts) takes fedr's value back.
+  # fedr.verbose set later (before Python starts) takes fedr's value back: level 0, all lines.
   withr::local_options(fedr.verbose = TRUE)
   expect_false(fedr:::fedr_quiet_tensorflow())
-  expect_identical(Sys.getenv("TF_CPP_MIN_LOG_LEVEL", unset = NA), NA_character_)
+  expect_identical(Sys.getenv("TF_CPP_MIN_LOG_LEVEL"), "0")
+  # Verbose from the start says so too (`import fedr` would otherwise choose 2).
+  state$tf_log_level_set <- NULL
+  Sys.unsetenv("TF_CPP_MIN_LOG_LEVEL")
+  expect_false(fedr:::fedr_quiet_tensorflow())
+  expect_identical(Sys.getenv("TF_CPP_MIN_LOG_LEVEL"), "0")
   # A value of the user's stays.
   state$tf_log_level_set <- NULL
   withr::local_options(fedr.verbose = FALSE)
