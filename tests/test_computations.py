@@ -112,8 +112,10 @@ def test_weighted_mean_rejects_bad_weights(weight, message):
 
 
 def test_weighted_mean_uses_the_aggregators_rules(monkeypatch):
-    """One owner for the rules on weights: fedr.aggregators._check_weights."""
-    from fedr import aggregators
+    """One owner for the rules on weights: fedr._weights.check_weights (fedr.aggregators.check_weights)."""
+    from fedr import _weights, aggregators
+
+    assert aggregators.check_weights is _weights.check_weights
 
     seen = []
 
@@ -121,7 +123,7 @@ def test_weighted_mean_uses_the_aggregators_rules(monkeypatch):
         seen.append((np.asarray(weights).tolist(), k))
         return np.asarray(weights, dtype=np.float64)
 
-    monkeypatch.setattr(aggregators, "_check_weights", spy)
+    monkeypatch.setattr(_weights, "check_weights", spy)
     fedr.federated_mean([1.0, 2.0], [1.0, 3.0])
     assert seen == [([1.0, 3.0], 2)]
 

@@ -104,12 +104,12 @@ def test_the_process_travels_with_its_state_and_comes_back_the_same():
     _assert_same_weights(back, state)
 
 
-def test_secure_aggregation_is_refused_on_flower_by_name():
-    with pytest.raises(FedValueError, match=r"secure aggregation needs extra rounds of messages"):
-        FedrStrategy(_process(aggregator=privacy.secure_mean()))
-    with pytest.raises(FedValueError, match=r"secure aggregation"):
-        FedrStrategy(_process(aggregator=privacy.gaussian_fixed(
-            noise_multiplier=0.5, clients_per_round=2, clip=1.0, inner=privacy.secure_sum())))
+def test_secure_aggregation_travels_to_a_flower_run_as_data():
+    process = _process(aggregator=privacy.gaussian_fixed(
+        noise_multiplier=0.5, clients_per_round=3, clip=1.0, inner=privacy.secure_sum(neighbors=2)))
+    rebuilt, _ = decode_process(encode_process(process))
+    assert repr(rebuilt.aggregator) == repr(process.aggregator)
+    assert FedrStrategy(_process(aggregator=privacy.secure_mean())).trusted_server is False
 
 
 def test_strategy_arguments_are_checked_by_name():
@@ -244,6 +244,53 @@ def test_two_nodes_give_the_in_process_weights_and_a_killed_node_is_reported(fas
     assert not any(p.alive for p in started)
 
 
+def test_secure_mean_on_three_nodes_equals_threads_and_survives_a_node_killed_after_key_sharing(
+        fashion, flower_home, tmp_path):
+    """Secure aggregation's stages as message rounds; each node keeps its keys in its Context.state."""
+    from fedr import flower
+
+    _, clients = fashion
+
+    def process(executor=None) -> learning.FedAvgProcess:
+        return _process(aggregator=privacy.secure_mean(threshold=2), executor=executor)
+
+    reference = process(executors.threads(2))
+    expected = reference.initialize()
+    expected, _ = reference.next(expected, clients[:3])
+    c = clients[2]
+    # In-process, client_2 drops after the stages of round 2: an update that is not finite.
+    broken = datasets.ClientData(np.full(c.x.shape, 3e38, np.float32), c.y, batch_size=100, client_id="client_2")
+    with pytest.warns(learning.ClientsDroppedWarning):
+        expected_2, _ = reference.next(expected, [clients[0], clients[1], broken])
+
+    started = []
+    try:
+        link = flower.superlink(root=str(tmp_path))
+        started.append(link)
+        nodes = _nodes(link, 3)
+        started += nodes
+        first = flower.run(process(), 1, link, min_nodes=3, round_timeout=120, progress=None, timeout=600)
+        assert first.history[-1]["secure_clients"] == 3.0
+        np.testing.assert_array_equal(first.state.flat_weights, expected.flat_weights)  # bit for bit
+
+        def kill_after_key_sharing(line: str) -> None:
+            # Logged when the advertise and share stages are done, before the train messages go.
+            if "round 2: training on 3 node(s)" in line:
+                nodes[2].kill()
+
+        second = flower.run(process(), 1, link, state=first.state, min_nodes=3, round_timeout=60,
+                            progress=kill_after_key_sharing, timeout=600)
+        row = second.history[-1]
+        assert not nodes[2].alive
+        assert row["round"] == 2 and row["round_failed"] == 0
+        assert (row["secure_clients"], row["secure_dropped"]) == (2.0, 1.0)
+        assert "client_2: NodeLost: no reply from node" in row["events"]
+        np.testing.assert_array_equal(second.state.flat_weights, expected_2.flat_weights)
+    finally:
+        for p in started:
+            p.stop()
+
+
 def test_a_failed_round_keeps_the_last_good_state_and_is_reported(fashion, flower_home, tmp_path):
     from fedr import flower
 
@@ -279,7 +326,7 @@ def test_a_federation_over_tls(fashion, flower_home, tmp_path):
     _, clients = fashion
 
     def dp_process() -> learning.FedAvgProcess:
-        # Differential privacy: clipping runs on the server when a node's update arrives. The same
+        # Differential privacy, clipped on the node (the default; not a trusted server). The same
         # weights on Flower as in-process need reproducible noise: noise_seed (tests only; it warns).
         with pytest.warns(privacy.ReproducibleNoiseWarning):
             dp = privacy.gaussian_fixed(noise_multiplier=0.5, clients_per_round=1, clip=0.5, noise_seed=3)
@@ -297,6 +344,7 @@ def test_a_federation_over_tls(fashion, flower_home, tmp_path):
                             round_timeout=120, timeout=300, evaluate=True)
         _assert_same_weights(result.state, expected)
         assert result.history[-1]["clip"] == 0.5
+        assert "events" not in result.history[-1]  # no trusted-server event: the node clipped
         assert result.history[-1]["dp_noise_stddev"] == pytest.approx(expected_metrics["dp_noise_stddev"])
         # Federated evaluation on the node (its training data): as in-process.
         evaluated = reference.evaluate(expected, clients[:1])

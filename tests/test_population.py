@@ -145,7 +145,7 @@ def _mixed_clients():
 
 def test_small_clients_train_in_groups_with_the_same_numbers_as_one_call_each(monkeypatch):
     from fedr import learning
-    from fedr.learning import process as process_module
+    from fedr.learning import _local as process_module  # the local carrier owns the grouping
 
     clients = _mixed_clients()
     jobs = process_module._group_jobs(clients, local_epochs=1, workers=2)

@@ -8,6 +8,7 @@ import pytest
 
 from fedr.errors import FedValueError
 from fedr.privacy._secagg import MaskedInput, SecureMean, SecureSum, secure_mean, secure_sum
+from fedr.protocol import run_locally
 from fedr.privacy._secagg_protocol import (
     PRIME,
     EncryptedShare,
@@ -22,21 +23,10 @@ from fedr.privacy._secagg_protocol import (
 
 
 def _round(agg, deltas, *, counts=None, seed=1, ids=None, keep=None):
-    """Run one secure round by hand; ``keep`` lists the positions that send their masked update."""
+    """Run one secure round, every stage carried in this process; ``keep`` lists the positions that send their update."""
     n = len(deltas)
     ids = ids or [f"c{i}" for i in range(n)]
-    counts = counts or [1] * n
-    ctx = agg.start_round(agg.init(), ids, seed=np.random.SeedSequence(seed))
-    keep = range(n) if keep is None else keep
-    outputs = [
-        SimpleNamespace(
-            client_id=ids[i],
-            delta=agg.client_step(agg.init(), deltas[i], client_id=ids[i], num_examples=counts[i], context=ctx),
-            num_examples=counts[i],
-        )
-        for i in keep
-    ]
-    return agg.aggregate(agg.init(), outputs, context=ctx), outputs, ctx
+    return run_locally(agg, agg.init(), ids, deltas, counts=counts, seed=np.random.SeedSequence(seed), keep=keep)
 
 
 def _bound(n, clip, bits, total):
@@ -279,9 +269,13 @@ def test_round_errors_are_clear():
     with pytest.raises(FedValueError, match="threshold: 5 is more than the 4 clients"):
         secure_sum(threshold=5).start_round((), list("abcd"))
     ctx = agg.start_round((), ["a", "b"])
-    agg.client_step((), np.zeros(3, np.float32), client_id="a", context=ctx)
-    with pytest.raises(FedValueError, match="client 'a': not in this secure round's clients, or it sent"):
+    # A client's step needs its own session (made where it runs, in the advertise stage).
+    with pytest.raises(FedValueError, match="needs its own session of the round's key stages"):
         agg.client_step((), np.zeros(3, np.float32), client_id="a", context=ctx)
+    with pytest.raises(FedValueError, match="client 1: no secure-aggregation session of this round where it runs"):
+        agg.encode(agg.client_view((), ctx, "a", 0), np.zeros(3, np.float32))
+    with pytest.raises(FedValueError, match="the unmask stage did not run"):
+        agg.aggregate((), [SimpleNamespace(client_id="a", delta=None, num_examples=1)], context=ctx)
     with pytest.raises(FedValueError, match="expected the round context"):
         agg.aggregate((), [], context=None)
     for bad, match in [

@@ -12,28 +12,70 @@ from typing import Any
 
 import numpy as np
 
-from fedr._idx import _describe
+from fedr._idx import describe_array
 from fedr.errors import FedTypeError, FedValueError
 
-__all__ = ["Batch", "ClientData", "as_client_data", "as_labels"]
+__all__ = [
+    "Batch",
+    "ClientData",
+    "as_client_data",
+    "as_labels",
+    "check_finite",
+    "labels_1d",
+    "positive_int",
+    "writable_by_caller",
+]
 
 Batch = OrderedDict[str, np.ndarray]
 
 
-def _check_finite(array: np.ndarray, what: str) -> None:
+def check_finite(array: np.ndarray, what: str) -> None:
+    """Raise unless every value of ``array`` is finite.
+
+    Args:
+        array: A numeric array.
+        what: How the message names it, e.g. ``"`x`"``.
+
+    Raises:
+        FedValueError: a NaN or an infinity.
+    """
     # min/max propagate NaN and expose inf without allocating a boolean mask.
     if array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):
         raise FedValueError(f"{what} has non-finite values (NaN or inf)")
 
 
-def _positive_int(value: Any, name: str) -> int:
+def positive_int(value: Any, name: str) -> int:
+    """Return ``value`` as an int after checking it is a positive integer (not a bool).
+
+    Args:
+        value: The value to check.
+        name: The argument's name, for the message.
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        FedValueError: not an integer, a bool, or below 1.
+    """
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise FedValueError(f"`{name}` must be a positive integer; got {value!r}")
     return int(value)
 
 
-def _labels_1d(y: Any, what: str) -> np.ndarray:
-    """Return ``y`` as int64 labels; whole-number floats such as ``[0., 9.]`` are accepted."""
+def labels_1d(y: Any, what: str) -> np.ndarray:
+    """Return ``y`` as int64 labels; whole-number floats such as ``[0., 9.]`` are accepted.
+
+    Args:
+        y: 1-D labels.
+        what: How the message names them.
+
+    Returns:
+        The labels as an int64 array.
+
+    Raises:
+        FedValueError: not 1-D, non-integer floats, or a negative label.
+        FedTypeError: not numeric.
+    """
     y = np.asarray(y)
     if y.ndim != 1:
         raise FedValueError(f"{what} must be 1-D labels; got shape {y.shape}")
@@ -67,7 +109,7 @@ def as_labels(y: Any, n: int | None = None, *, what: str = "`y`") -> np.ndarray:
         FedValueError: ``y`` is not 1-D, holds fractions, negative or non-finite
             values or labels beyond int32, or does not have ``n`` elements.
     """
-    labels = _labels_1d(y, what)
+    labels = labels_1d(y, what)
     if n is not None and len(labels) != n:
         raise FedValueError(f"{what} must have one label per example ({n}); got {len(labels)}")
     if labels.size and labels.max() > np.iinfo(np.int32).max:
@@ -261,7 +303,7 @@ class ClientData:
         return (
             f"ClientData(client_id={self._client_id!r}, num_examples={self.num_examples}, "
             f"num_batches={self.num_batches}, batch_size={self.batch_size}, "
-            f"x={_describe(self._x)}, y={_describe(self._y)}"
+            f"x={describe_array(self._x)}, y={describe_array(self._y)}"
             + (f", scale={self._scale:g})" if self._scale is not None else ")")
         )
 
@@ -272,13 +314,13 @@ def _read_only(array: np.ndarray, given: np.ndarray) -> np.ndarray:
     A client's arrays never change after construction, so the tensors cached
     from them cannot go stale; to change data, make a new ClientData.
     """
-    if np.may_share_memory(array, given) and _writable_by_caller(given):
+    if np.may_share_memory(array, given) and writable_by_caller(given):
         array = array.copy()
     array.flags.writeable = False
     return array
 
 
-def _writable_by_caller(array: np.ndarray) -> bool:
+def writable_by_caller(array: np.ndarray) -> bool:
     """Whether some array or buffer behind ``array`` can still be written (a read-only view may have a writable base)."""
     base: Any = array
     while isinstance(base, np.ndarray):
@@ -321,7 +363,7 @@ def _validate_client(
         raise FedValueError(f"{where}: has no examples")
     if scale is None:
         x = _read_only(np.ascontiguousarray(x, dtype=np.float32), given_x)
-        _check_finite(x, f"{where}: x")
+        check_finite(x, f"{where}: x")
     else:
         if not np.issubdtype(x.dtype, np.integer):
             raise FedTypeError(f"{where}: x must hold integer pixels (0..255) with `scale`; got dtype {x.dtype}")
@@ -336,11 +378,11 @@ def _validate_client(
         if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
             raise FedTypeError(f"{where}: y must be a float or integer array; got dtype {y.dtype}")
         y = _read_only(np.ascontiguousarray(y, dtype=np.float32), given_y)
-        _check_finite(y, f"{where}: y")
+        check_finite(y, f"{where}: y")
     if batch_size is not None and offsets is not None:
         raise FedValueError(f"{where}: give `batch_size` or `offsets`, not both")
     if batch_size is not None:
-        size = _positive_int(batch_size, "batch_size")
+        size = positive_int(batch_size, "batch_size")
         offsets = np.append(np.arange(0, n, size, dtype=np.int64), n)
     elif offsets is None:
         offsets = np.array([0, n], dtype=np.int64)

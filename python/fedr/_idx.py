@@ -26,6 +26,7 @@ __all__ = [
     "KMNIST_CLASSES",
     "Dataset",
     "DatasetNotFoundError",
+    "describe_array",
     "load_dataset",
     "load_fashion_mnist",
     "load_kmnist",
@@ -212,13 +213,14 @@ class Dataset:
 
     def __repr__(self) -> str:
         return (
-            f"Dataset(name={self.name!r}, x_train={_describe(self.x_train)}, "
-            f"y_train={_describe(self.y_train)}, x_test={_describe(self.x_test)}, "
-            f"y_test={_describe(self.y_test)}, classes={len(self.class_names)})"
+            f"Dataset(name={self.name!r}, x_train={describe_array(self.x_train)}, "
+            f"y_train={describe_array(self.y_train)}, x_test={describe_array(self.x_test)}, "
+            f"y_test={describe_array(self.y_test)}, classes={len(self.class_names)})"
         )
 
 
-def _describe(array: np.ndarray) -> str:
+def describe_array(array: np.ndarray) -> str:
+    """``dtype(shape)`` of an array, for reprs: ``uint8(60000, 28, 28)``."""
     return f"{array.dtype}{tuple(array.shape)}"
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sysconfig
 import warnings
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
+from fedr._env import own_libpython_first  # noqa: F401 - where it used to live
 from fedr.errors import FedWarning
 
-__all__ = ["call_with_warnings", "own_libpython_first"]
+__all__ = ["call_with_warnings", "fit_with_warnings", "own_libpython_first", "raise_cause"]
 
 
 def call_with_warnings(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, list[str]]:
@@ -30,16 +30,33 @@ def call_with_warnings(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tup
     return result, messages
 
 
-def own_libpython_first(env: MutableMapping[str, str]) -> MutableMapping[str, str]:
-    """Put this Python's library directory first on ``env``'s LD_LIBRARY_PATH; return ``env``.
 
-    Embedded in R, the environment carries R's LD_LIBRARY_PATH, which lists the
-    system's libpython: programs this Python starts as new processes (Ray's
-    raylet and workers, Flower's SuperLink and SuperNodes) would load that one
-    and fail ("undefined symbol" in ``_ssl``, TOOLCHAIN pitfall 11).
+
+def fit_with_warnings(*args: Any, **kwargs: Any) -> tuple[Any, Any, list[str]]:
+    """Run :func:`fedr.learning.fit` for R's ``fed_fit()``: return ``(history, error, warnings)``.
+
+    A failed or interrupted fit (``FitError``, ``FitInterrupted``) is returned
+    as ``error`` with its history, not raised, so that R reads the finished
+    rounds from it (reticulate's R error would not hold the exception);
+    ``warnings`` are the fedr warnings' messages, for R to signal. Other
+    errors (bad arguments) are raised.
     """
-    libdir = sysconfig.get_config_var("LIBDIR")
-    current = env.get("LD_LIBRARY_PATH")
-    if libdir and current and current.split(":")[0] != libdir:
-        env["LD_LIBRARY_PATH"] = f"{libdir}:{current}"
-    return env
+    from fedr.learning.fit import FitError, FitInterrupted, fit
+
+    error: BaseException | None = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = fit(*args, **kwargs)
+        except (FitError, FitInterrupted) as err:
+            result, error = err.history, err
+    messages = [str(w.message) for w in caught if issubclass(w.category, FedWarning)]
+    for w in caught:
+        if not issubclass(w.category, FedWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result, error, messages
+
+
+def raise_cause(error: BaseException) -> None:
+    """Raise the exception that ended a failed fit (R turns it into its usual fedr error)."""
+    raise error.__cause__ or error

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from fedr import _weights
 from fedr.errors import FedTypeError, FedValueError
 
 __all__ = [
@@ -499,13 +500,10 @@ def federated_mean(value: Any, weight: Any = None) -> FederatedValue:
     if weight is None:
         mean = stacked.mean(axis=0)
     else:
-        # The rules on weights are the aggregators' (imported here: fedr.aggregators
-        # loads the C++ kernel).
-        from fedr.aggregators import _check_weights
-
         w = _stack(_placed(weight, "weight").members, "weight")
         try:
-            w = _check_weights(w, stacked.shape[0])
+            # The aggregators' rules on weights, owned by fedr._weights (looked up at call time).
+            w = _weights.check_weights(w, stacked.shape[0])
         except FedValueError as err:
             raise FedValueError(f"weight: {err}") from None
         mean = np.tensordot(w / w.sum(), stacked, axes=1)

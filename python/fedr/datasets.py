@@ -38,12 +38,12 @@ from fedr._idx import (
 from fedr._client_data import (
     Batch,
     ClientData,
-    _check_finite,
-    _labels_1d,
-    _positive_int,
-    _writable_by_caller,
     as_client_data,
     as_labels,
+    check_finite,
+    labels_1d,
+    positive_int,
+    writable_by_caller,
 )
 from fedr._seeds import check_seed
 from fedr.errors import FedTypeError, FedValueError
@@ -113,7 +113,7 @@ def prepare_images(x: Any) -> np.ndarray:
         return out
     if np.issubdtype(x.dtype, np.floating):
         out = np.ascontiguousarray(flat, dtype=np.float32)
-        _check_finite(out, "`x`")
+        check_finite(out, "`x`")
         return out
     raise FedTypeError(f"`x` must be an integer or float array; got dtype {x.dtype}")
 
@@ -210,7 +210,7 @@ def split_indices(
         n = len(labels) if labels.ndim else 0
         if n < 1:
             raise FedValueError(f"`y_or_n` must hold at least one label; got shape {labels.shape}")
-    n_clients = _positive_int(n_clients, "n_clients")
+    n_clients = positive_int(n_clients, "n_clients")
     if n_clients > n:
         raise FedValueError(
             f"`n_clients` must be at most the number of examples ({n}); got {n_clients}"
@@ -235,7 +235,7 @@ def split_indices(
             f"`min_size` times `n_clients` ({min_size} x {n_clients}) exceeds the {n} examples"
         )
     return _dirichlet_split(
-        _labels_1d(labels, "`y_or_n`"), n_clients, rng, float(alpha), int(min_size)
+        labels_1d(labels, "`y_or_n`"), n_clients, rng, float(alpha), int(min_size)
     )
 
 
@@ -298,7 +298,7 @@ def make_clients(
     Raises:
         FedValueError: lengths differ or an argument is out of range.
     """
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size")
     x = np.asarray(x)
     # Check the shape and dtype before splitting (no data is converted here).
     prepare_images(x[:0] if x.ndim >= 2 else x)
@@ -315,7 +315,7 @@ def make_clients(
         # before converting: the raw rows (uint8 images) are the cheaper copy.
         order = np.concatenate(parts)
         x, y = x[order], y[order]
-    elif _writable_by_caller(x) and (pixels or np.may_share_memory(prepare_images(x[:1]), x[:1])):
+    elif writable_by_caller(x) and (pixels or np.may_share_memory(prepare_images(x[:1]), x[:1])):
         # The caller could still write the rows the clients would view: one copy
         # for all clients (ClientData would otherwise copy each client's rows).
         x = x.copy()
@@ -395,7 +395,7 @@ def label_distribution(clients: Any, num_classes: int | None = None) -> np.ndarr
     top = max(int(client.y.max()) for client in clients) + 1
     if num_classes is None:
         num_classes = top
-    num_classes = _positive_int(num_classes, "num_classes")
+    num_classes = positive_int(num_classes, "num_classes")
     if top > num_classes:
         raise FedValueError(
             f"`num_classes` must exceed the largest label ({top - 1}); got {num_classes}"

@@ -1,8 +1,30 @@
 """Exception types of fedr: one base class, subclasses of the builtin types users catch."""
 
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# fedr's messages start with what they are about: "rounds: expected ..." or "`monitor` ...".
+_ABOUT = re.compile(r"^(?:([A-Za-z_][A-Za-z0-9_]*): |`([A-Za-z_][A-Za-z0-9_]*)`)")
+
 
 class FedError(Exception):
-    """Base class of every error fedr raises."""
+    """Base class of every error fedr raises.
+
+    Attributes:
+        argument: The argument (or setting) the error is about, as data, or
+            None: given as ``argument=``, else the name the message starts
+            with (``"rounds: expected a positive integer"`` -> ``"rounds"``).
+            R's layer reads it to name the R argument; nothing parses text.
+    """
+
+    def __init__(self, *args: Any, argument: str | None = None) -> None:
+        super().__init__(*args)
+        if argument is None and args and isinstance(args[0], str):
+            found = _ABOUT.match(args[0])
+            argument = (found.group(1) or found.group(2)) if found else None
+        self.argument = argument
 
 
 class FedValueError(FedError, ValueError):

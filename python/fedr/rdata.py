@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fedr.datasets import ClientData, as_labels
+from fedr._client_data import ClientData, as_labels
 from fedr.errors import FedTypeError, FedValueError
 
 __all__ = ["client_data_from_r", "clients_from_r", "read_rds"]

@@ -16,8 +16,10 @@
 #'   itself (through rpy2): the node's owner writes no Python.
 #' * `fed_flower_run()` runs a [fed_averaging()] process on the federation
 #'   (`flwr run` of fedr's built-in app): the server aggregates with the
-#'   process's aggregator (mean, robust, differential privacy), nodes train
-#'   with fedr's client update, and the result is a `fed_history` as
+#'   process's aggregator (mean, robust, differential privacy, secure
+#'   aggregation), nodes train with fedr's client update and run the
+#'   aggregator's client step themselves (DP's clipping, secure
+#'   aggregation's masking), and the result is a `fed_history` as
 #'   [fed_fit()] returns, with the last good state.
 #' * `fed_flower_certificates()` writes a test certificate authority and
 #'   server certificate for TLS.
@@ -27,7 +29,9 @@
 #' left out of the round and named (`num_clients_failed`, the `events`
 #' column, a `fedr_warning`); a round with fewer usable updates than the
 #' process's `min_clients` keeps the last good state and is reported.
-#' Secure aggregation is not available on Flower yet.
+#' Secure aggregation runs its key exchange as extra message rounds to the
+#' nodes; each node keeps its keys on its own machine, and a node lost after
+#' the keys were shared is recovered from the others' shares.
 #'
 #' @param host Address the SuperLink listens on: `"127.0.0.1"` (loopback)
 #'   by default; any other address needs `certificates`.
@@ -162,12 +166,19 @@ fed_flower_node <- function(data, superlink, client_id = NULL, label = "label", 
 #' @param fraction Share of the nodes that train each round (seeded).
 #' @param evaluate Also evaluate each round's model on the nodes (`eval_`
 #'   columns).
-#' @param round_timeout Seconds a round waits for its nodes.
+#' @param round_timeout Seconds a round (and each of its message stages)
+#'   waits for its nodes.
+#' @param trusted_server `FALSE` (default): the aggregator's client step runs
+#'   on each node, so under differential privacy the server receives only
+#'   clipped updates. `TRUE`: the nodes send their raw updates and the server
+#'   clips them: central DP with a trusted server, which then sees every
+#'   node's update (whoever runs or breaks into it does too). The numbers are
+#'   the same; every round's `events` says so. Not with secure aggregation.
 #' @param verbose Print each round's line as the server reports it.
 #' @export
 fed_flower_run <- function(process, rounds, superlink, state = NULL, out_dir = NULL, min_nodes = 2L,
                            fraction = 1, evaluate = FALSE, round_timeout = 600, root_certificates = NULL,
-                           verbose = TRUE) {
+                           verbose = TRUE, trusted_server = FALSE) {
   check_process(process)
   rounds <- as_integer(rounds, "rounds")
   min_nodes <- as_integer(min_nodes, "min_nodes")
@@ -175,10 +186,14 @@ fed_flower_run <- function(process, rounds, superlink, state = NULL, out_dir = N
   round_timeout <- as_number(round_timeout, "round_timeout", min = 0, min_inclusive = FALSE)
   check_flag(evaluate, "evaluate")
   check_flag(verbose, "verbose")
+  check_flag(trusted_server, "trusted_server")
   if (!is.null(out_dir)) out_dir <- check_string(out_dir, "out_dir")
   if (!is.null(root_certificates)) root_certificates <- check_string(root_certificates, "root_certificates")
   start <- if (is.null(state)) NULL else as_state(state)$py
   flower <- fedr_module("fedr.flower")
+  # What the aggregator's client step needs of the nodes (or of a trusted server): checked in Python.
+  fedr_call(flower$check_flower_aggregator(process$py$aggregator, trusted_server),
+            arg = c("trusted_server", aggregator = "process"))
   superlink <- as_superlink(superlink)
   # TLS for a remote SuperLink and out_dir inside its root: checked once, in Python, named here.
   out_dir <- fedr_call(flower$check_run_target(superlink, root_certificates, out_dir),
@@ -192,7 +207,7 @@ fed_flower_run <- function(process, rounds, superlink, state = NULL, out_dir = N
   out <- fedr_call_warning(
     flower$run, process$py, rounds, superlink, state = start, out_dir = out_dir,
     min_nodes = min_nodes, fraction = fraction, evaluate = evaluate, round_timeout = round_timeout,
-    root_certificates = root_certificates, progress = progress
+    trusted_server = trusted_server, root_certificates = root_certificates, progress = progress
   )
   rows <- reticulate::py_to_r(reticulate::py_get_attr(out, "history"))
   text <- c("clients", "events")

@@ -52,7 +52,8 @@ fed_model <- function(model_fn, loss = "sparse_categorical_crossentropy",
     if (!inherits(keras_model, "python.builtin.object")) {
       fedr_abort(sprintf("`model_fn` must return a Keras model, not %s.", describe(keras_model)), "model_fn")
     }
-    loss_value <- if (is_loss_function(loss)) loss else if (is_r_function(loss)) loss() else if (is.character(loss)) keras_loss(loss) else loss
+    # A loss name goes to the core as it is: its one map of names to Keras loss classes.
+    loss_value <- if (is_loss_function(loss)) loss else if (is_r_function(loss)) loss() else loss
     metric_values <- if (is_r_function(metrics)) metrics() else metrics
     if (is.character(metric_values)) metric_values <- as.list(metric_values)
     learning$from_keras_model(keras_model,
@@ -89,16 +90,6 @@ cloning_model_fn <- function(model) {
     copy$set_weights(model$get_weights())
     copy
   }
-}
-
-# A loss name as a fresh Keras loss object ("mean_squared_error" ->
-# keras.losses.MeanSquaredError()): objects reduce over the batch, while
-# the functions that keras.losses.get() returns for names give one loss per
-# example. Names without a class go to the core as they are.
-keras_loss <- function(name) {
-  class_name <- gsub("(^|_)([a-z])", "\\U\\2", name, perl = TRUE)
-  losses <- fedr_module("keras")$losses
-  if (reticulate::py_has_attr(losses, class_name)) reticulate::py_call(reticulate::py_get_attr(losses, class_name)) else name
 }
 
 # Python callables (a Keras loss object) are R functions to reticulate too.

@@ -278,7 +278,9 @@ check_data <- function(data) {
 #' Train for several rounds
 #'
 #' Runs `rounds` rounds of [fed_next()] over `data`, showing a progress bar
-#' and one line per round, and collects the metrics in a history.
+#' and one line per round, and collects the metrics in a history. The loop is
+#' the Python core's `fedr.learning.fit()`, the one Python users call: the
+#' same rounds, samples and numbers from R and Python.
 #'
 #' @inheritParams fed_initialize
 #' @param rounds The number of rounds.
@@ -292,7 +294,8 @@ check_data <- function(data) {
 #'   seeded by `seed` and the round, so that runs repeat.
 #' @param sampling `"uniform"` (exactly `clients_per_round` clients) or
 #'   `"poisson"` (each client with probability `clients_per_round / length(data)`;
-#'   an empty sample skips the round with a warning). A differentially private
+#'   an empty sample skips the round with a warning, and the next round draws
+#'   the sample of the following round number). A differentially private
 #'   aggregator must account the same: `sampling = "fixed"` for `"uniform"`,
 #'   `"poisson"` for `"poisson"`, `"all"` without `clients_per_round`, with the
 #'   same `clients_per_round` and `population_size = length(data)`; otherwise
@@ -338,133 +341,86 @@ check_data <- function(data) {
 fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients_per_round = NULL,
                     sampling = c("uniform", "poisson"), seed = NULL, validation_data = NULL,
                     patience = NULL, monitor = NULL, restore_best = TRUE) {
+  # R's own checks coerce R values at the boundary; the loop's rules (a sample
+  # no larger than the data, early stopping's, the DP sampling) are Python's,
+  # fedr.learning.fit(), whose errors name the R argument.
   check_process(process)
   check_data(data)
   if (missing(rounds)) fedr_abort("`rounds` is missing.", "rounds")
   rounds <- as_integer(rounds, "rounds")
   verbose <- check_flag(verbose, "verbose")
   sampling <- check_string(sampling[[1]], "sampling", c("uniform", "poisson"))
-  if (!is.null(clients_per_round)) {
-    clients_per_round <- as_integer(clients_per_round, "clients_per_round")
-    if (clients_per_round > length(data)) {
-      fedr_abort(sprintf("`clients_per_round` (%d) must not exceed the number of clients (%d).", clients_per_round, length(data)), "clients_per_round")
-    }
-  }
+  clients_per_round <- as_count(clients_per_round, "clients_per_round")
   if (!is.null(validation_data) && !inherits(validation_data, "fed_data")) {
     fedr_abort(sprintf("`validation_data` must be NULL or a fed_data object, not %s.", describe(validation_data)), "validation_data")
   }
-  if (!is.null(validation_data)) {
-    # Now, before any round trains, and named: later it would read as a failure of a client.
-    fedr_call(process$py$check_data(validation_data$py, "validation_data"), arg = "validation_data")
+  patience <- as_count(patience, "patience")
+  if (!is.null(monitor)) monitor <- check_string(monitor, "monitor")
+  restore_best <- check_flag(restore_best, "restore_best")
+  seed <- as_seed(seed)
+  start <- if (is.null(state)) NULL else as_state(state)
+  fit <- fedr_module("fedr.learning.fit")
+  # The finished rounds as R sees them, for an interrupt that reaches R rather than Python.
+  seen <- new.env(parent = emptyenv())
+  seen$rows <- list()
+  seen$state <- start
+  callbacks <- list(fit$LambdaCallback(on_round_end = reticulate::py_func(function(round_num, row, state) {
+    seen$rows[[length(seen$rows) + 1L]] <- unlist(lapply(row, as.double))
+    seen$state <- new_fed_state(reticulate::r_to_py(state))
+    NULL
+  })))
+  if (verbose) {
+    callbacks <- c(callbacks, fit$ProgressLines(write = reticulate::py_func(function(line) {
+      cli::cli_verbatim(line)
+      NULL
+    })))
   }
-  stopping <- early_stopping(patience, monitor, restore_best, validation = !is.null(validation_data))
-  seed <- as_seed(seed %||% process$seed)
-  # A DP aggregator accounts one way of sampling: tell it what this loop does (a mismatch is an error).
-  fedr_call(fedr_module("fedr.privacy")$check_sampling(
-    process$py$aggregator,
-    if (is.null(clients_per_round)) "all" else if (sampling == "uniform") "fixed" else "poisson",
-    clients_per_round %||% length(data), length(data)
-  ), arg = c(sampling = "sampling", clients_per_round = "clients_per_round", population_size = "data"))
-  state <- if (is.null(state)) fed_initialize(process) else as_state(state)
-  all_data <- data
-  rows <- list()
   # The bar only where it redraws in place; logs get the per-round lines alone.
   show_bar <- verbose && cli::is_dynamic_tty()
   if (show_bar) {
     bar <- cli::cli_progress_bar("Federated training", total = rounds, clear = TRUE)
+    callbacks <- c(callbacks, fit$LambdaCallback(on_round_end = reticulate::py_func(function(round_num, row, state) {
+      cli::cli_progress_update(id = bar)
+      NULL
+    })))
+    on.exit(cli::cli_progress_done(id = bar), add = TRUE)
   }
-  for (i in seq_len(rounds)) {
-    started <- proc.time()[["elapsed"]]
-    if (!is.null(clients_per_round)) {
-      data <- fed_sample_clients(all_data, clients_per_round, seed = seed, round = state$round + 1L, method = sampling)
-      if (is.null(data)) {
-        # A Poisson sample may be empty: nothing to train; the next round samples anew.
-        warning(structure(class = c("fedr_warning", "warning", "condition"), list(
-          message = sprintf("Round %d sampled no client (Poisson sampling); it was skipped.", state$round + 1L), call = NULL
-        )))
-        next
-      }
+  out <- tryCatch(
+    fedr_call(fedr_module("fedr._r")$fit_with_warnings(
+      process$py, data$py, rounds,
+      state = if (is.null(start)) NULL else start$py, validation_data = if (is.null(validation_data)) NULL else validation_data$py,
+      clients_per_round = clients_per_round, sampling = sampling, seed = seed, patience = patience,
+      monitor = monitor, restore_best = restore_best, callbacks = callbacks
+    ), arg = c(train = "data", "rounds", "clients_per_round", "sampling", "validation_data", "patience", "monitor",
+               "restore_best", "seed")),
+    interrupt = function(e) {
+      abort_with_history(simpleError("interrupted."), seen$rows, seen$state %||% fed_initialize(process))
     }
-    result <- tryCatch({
-      out <- fed_next(process, state, data)
-      if (!is.null(validation_data)) {
-        # Federated evaluation of the new state on held-out clients: val_ columns.
-        val <- tryCatch(fed_evaluate(process, out$state, validation_data), error = function(e) {
-          fedr_abort(paste0("`validation_data`: ", conditionMessage(e)), "validation_data", python_type = e$python_type)
-        })
-        val <- val[!names(val) %in% c("num_examples", "num_clients")]
-        out$metrics <- c(out$metrics, stats::setNames(val, paste0("val_", names(val))))
-      }
-      out
-    }, error = function(e) {
-      if (show_bar) cli::cli_progress_done(id = bar)
-      abort_with_history(e, rows, state)
-    }, interrupt = function(e) {
-      if (show_bar) cli::cli_progress_done(id = bar)
-      abort_with_history(simpleError("interrupted."), rows, state)
-    })
-    seconds <- proc.time()[["elapsed"]] - started
-    state <- result$state
-    rows[[length(rows) + 1L]] <- c(round = state$round, result$metrics, seconds = seconds)
-    if (verbose) {
-      cli::cli_verbatim(format_round(state$round, result$metrics, seconds))
-    }
-    if (show_bar) cli::cli_progress_update(id = bar)
-    if (!is.null(stopping)) {
-      stopping <- stopping_update(stopping, result$metrics, state)
-      if (stopping$wait >= stopping$patience) {
-        if (verbose) {
-          cli::cli_verbatim(sprintf(
-            "early stopping: %s has not improved for %d round%s (best %.4f in round %d)",
-            stopping$monitor, stopping$patience, if (stopping$patience == 1L) "" else "s",
-            stopping$best, stopping$best_state$round
-          ))
-        }
-        break
-      }
-    }
+  )
+  for (message in reticulate::py_to_r(reticulate::py_get_item(out, 2L))) {
+    warning(structure(class = c("fedr_warning", "warning", "condition"), list(message = message, call = NULL)))
   }
-  if (show_bar) cli::cli_progress_done(id = bar)
-  final <- if (!is.null(stopping) && stopping$restore_best && !is.null(stopping$best_state)) stopping$best_state else state
-  history <- new_fed_history(rows, final)
-  if (!is.null(stopping)) attr(history, "best_round") <- stopping$best_state$round
+  result <- reticulate::py_get_item(out, 0L)
+  rows <- lapply(reticulate::py_to_r(result$rows), function(row) unlist(lapply(row, as.double)))
+  error <- reticulate::py_get_item(out, 1L)
+  if (!inherits(error, "python.builtin.NoneType")) {
+    last <- new_fed_state(result$last_state)
+    if (!reticulate::py_has_attr(error, "cause")) {
+      abort_with_history(simpleError("interrupted."), rows, last)
+    }
+    # The round's own error, as fedr_call() makes it from any Python call.
+    e <- tryCatch(fedr_call(fedr_module("fedr._r")$raise_cause(error)), error = identity)
+    argument <- reticulate::py_to_r(error$argument)
+    if (identical(argument, "validation_data")) {
+      e <- tryCatch(fedr_abort(paste0("`validation_data`: ", conditionMessage(e)), "validation_data", python_type = e$python_type),
+                    error = identity)
+    }
+    abort_with_history(e, rows, last)
+  }
+  history <- new_fed_history(rows, new_fed_state(result$state))
+  best <- reticulate::py_to_r(result$best_round)
+  if (!is.null(best)) attr(history, "best_round") <- as.integer(best)
   history
-}
-
-# Early stopping on a metric of the history (keras3's callback_early_stopping, as arguments).
-early_stopping <- function(patience, monitor, restore_best, validation) {
-  if (is.null(patience)) {
-    if (!is.null(monitor)) fedr_abort("`monitor` needs `patience`: the rounds to wait for an improvement.", "monitor")
-    return(NULL)
-  }
-  patience <- as_integer(patience, "patience")
-  restore_best <- check_flag(restore_best, "restore_best")
-  monitor <- check_string(monitor %||% if (validation) "val_loss" else "loss", "monitor")
-  if (startsWith(monitor, "val_") && !validation) {
-    fedr_abort(sprintf("`monitor` is \"%s\" but no `validation_data` was given.", monitor), "monitor")
-  }
-  # Losses and errors go down; accuracy, AUC, precision and recall go up.
-  maximize <- grepl("accuracy|auc|precision|recall", monitor)
-  list(patience = patience, monitor = monitor, restore_best = restore_best, maximize = maximize,
-       best = if (maximize) -Inf else Inf, best_state = NULL, wait = 0L)
-}
-
-stopping_update <- function(stopping, metrics, state) {
-  if (!stopping$monitor %in% names(metrics)) {
-    fedr_abort(sprintf(
-      "`monitor` \"%s\" is not a metric of the round (%s).", stopping$monitor, paste(names(metrics), collapse = ", ")
-    ), "monitor")
-  }
-  value <- metrics[[stopping$monitor]]
-  better <- if (stopping$maximize) value > stopping$best else value < stopping$best
-  if (isTRUE(better)) {
-    stopping$best <- value
-    stopping$best_state <- state
-    stopping$wait <- 0L
-  } else {
-    stopping$wait <- stopping$wait + 1L
-  }
-  stopping
 }
 
 # A failed round: the error again, carrying the finished rounds and their state.
@@ -489,19 +445,6 @@ abort_with_history <- function(e, rows, state) {
     )
   )
   stop(cnd)
-}
-
-# "round  2  accuracy 0.6949  loss 0.8893  (0.05 s)"
-format_round <- function(round, metrics, seconds, width = 3L) {
-  shown <- metrics[!names(metrics) %in% c(count_columns(), "dp_noise_stddev")]
-  parts <- sprintf("%s %.4f", short_metric_names(names(shown)), shown)
-  dropped <- metrics[["num_clients_dropped"]] %||% 0
-  failed <- metrics[["num_clients_failed"]] %||% 0
-  note <- paste0(
-    if (dropped > 0) sprintf("  [%d client%s dropped]", as.integer(dropped), if (dropped == 1) "" else "s") else "",
-    if (failed > 0) sprintf("  [%d client%s failed]", as.integer(failed), if (failed == 1) "" else "s") else ""
-  )
-  sprintf("round %*d  %s  (%.2f s)%s", width, round, paste(parts, collapse = "  "), seconds, note)
 }
 
 short_metric_names <- function(x) sub("^sparse_categorical_|^categorical_|^binary_", "", x)

@@ -77,9 +77,22 @@ fedr_call <- function(expr, arg = NULL, na_ok = NULL) {
   tryCatch(expr, error = function(e) {
     if (inherits(e, "fedr_error")) stop(e)
     parsed <- python_error(e)
-    named <- name_argument(parsed, arg)
+    named <- name_argument(parsed, arg, python_argument())
     fedr_abort(named$message, named$arg, python_type = parsed$type)
   })
+}
+
+# The argument a fedr error is about, as the Python core says it (its
+# `argument` attribute), or NULL (not a fedr error, or about no argument).
+python_argument <- function() {
+  last <- tryCatch(reticulate::py_last_error(), error = function(e) NULL)
+  exception <- attr(last, "exception")
+  if (is.null(exception)) {
+    return(NULL)
+  }
+  value <- tryCatch(reticulate::py_to_r(reticulate::py_get_attr(exception, "argument", silent = TRUE)),
+                    error = function(e) NULL)
+  if (is.character(value) && length(value) == 1L && nzchar(value)) value else NULL
 }
 
 # The R arguments `names`, as fedr's own functions on the call stack see them
@@ -161,9 +174,16 @@ has_na <- function(x) {
   FALSE
 }
 
-name_argument <- function(parsed, arg) {
+name_argument <- function(parsed, arg, argument = NULL) {
   python <- names(arg) %||% arg
   python[!nzchar(python)] <- arg[!nzchar(python)]
+  if (!is.null(argument) && argument %in% python) {
+    # The core said which argument (as data): name the R one, drop the Python name from the text.
+    i <- match(argument, python)
+    rest <- sub(sprintf("^(%s: |`%s`)", argument, argument), "", parsed$value)
+    sep <- if (startsWith(parsed$value, paste0("`", argument, "`"))) "" else ": "
+    return(list(message = paste0("`", arg[[i]], "`", sep, rest), arg = unname(arg[[i]])))
+  }
   for (i in seq_along(arg)) {
     for (prefix in c(paste0(python[[i]], ": "), paste0("`", python[[i]], "`"))) {
       if (startsWith(parsed$value, prefix)) {

@@ -25,12 +25,12 @@ from fedr.aggregators._weighted_mean import (
     HAVE_KERNEL,
     Backend,
     WeightedMeanAccumulator,
-    _check_weights,
     flatten_weights,
     unflatten_weights,
     weighted_mean,
     weighted_mean_numpy,
 )
+from fedr._weights import check_weights
 from fedr.aggregators._robust import (
     HAVE_ROBUST_KERNEL,
     Krum,
@@ -63,6 +63,7 @@ __all__ = [
     "TrimmedMean",
     "WeightedMeanAccumulator",
     "check_aggregator",
+    "check_weights",
     "coordinate_median",
     "coordinate_trimmed_mean",
     "flatten_weights",

@@ -33,6 +33,14 @@ class ClientResult(Protocol):
     num_examples: int
 
 
+class LegacyView(NamedTuple):
+    """The view of an aggregator that overrides only ``client_step``: what that step is called with."""
+
+    state: Any
+    context: Any
+    client_id: str
+
+
 class AggregateResult(NamedTuple):
     """What ``aggregate`` returns: new state, the aggregate update (float32 (N,)), metrics."""
 
@@ -72,6 +80,11 @@ class Aggregator(abc.ABC):
     averages_non_trainable: bool = True
     is_sum: bool = False
     released_metrics: frozenset[str] | None = None
+    #: Message stages a round of this aggregator needs besides training (e.g.
+    #: secure aggregation's key advertisement and sharing before, unmasking
+    #: after); the driver carries them (see :mod:`fedr.protocol`).
+    stages_before: tuple[str, ...] = ()
+    stages_after: tuple[str, ...] = ()
 
     def init(self) -> NamedArrays:
         """Return the aggregator's initial state (none by default)."""
@@ -83,6 +96,51 @@ class Aggregator(abc.ABC):
         """Prepare a round for ``client_ids`` before they train; return the round's context (None by default)."""
         return None
 
+    def client_view(self, state: NamedArrays, context: Any, client_id: str, position: int = -1) -> Any:
+        """The public data one client's step needs this round (picklable, nobody's secret); None by default.
+
+        The server makes it after the round's stages before training
+        (``position`` is the client's 0-based place in the round); the client
+        task receives it, wherever it runs (a thread, a Ray actor, a Flower
+        node), and passes it to :meth:`encode`. An aggregator written against
+        the older interface (it overrides only ``client_step``) gets a view
+        holding its state and context, so its step runs on the client as before.
+        """
+        if self._legacy_step():
+            return LegacyView(state, context, client_id)
+        return None
+
+    def _legacy_step(self) -> bool:
+        cls = type(self)
+        return cls.client_step is not Aggregator.client_step and cls.encode is Aggregator.encode
+
+    def stage_requests(self, stage: str, context: Any, outputs: Sequence[Any] | None = None) -> dict[int, Any]:
+        """The server's message to each client position in ``stage`` (``outputs``: the trained ones, after training)."""
+        raise FedValueError(f"stage: {self!r} has no message stages, got {stage!r}")
+
+    def stage_results(self, stage: str, context: Any, replies: dict[int, Any]) -> None:
+        """Take the clients' replies of ``stage`` (position -> reply, or a ClientFailure: the client dropped)."""
+        raise FedValueError(f"stage: {self!r} has no message stages, got {stage!r}")
+
+    def client_stage(self, stage: str, payload: Any, session: Any) -> tuple[Any, Any]:
+        """The client's side of ``stage``, where the client runs: ``(its new session, its reply)``."""
+        raise FedValueError(f"stage: {self!r} has no message stages, got {stage!r}")
+
+    def encode(self, view: Any, delta: np.ndarray, *, num_examples: int = 0, session: Any = None) -> Any:
+        """The client step, on the client: its flat update as it is sent (clip, quantise, mask); identity by default.
+
+        Args:
+            view: What :meth:`client_view` made for this client.
+            delta: The client's flat float32 update.
+            num_examples: Its example count.
+            session: The client's own state of the round's earlier stages
+                (its secrets), kept where the client runs; None without stages.
+        """
+        if isinstance(view, LegacyView):
+            return self.client_step(view.state, delta, client_id=view.client_id, num_examples=num_examples,
+                                    context=view.context)
+        return delta
+
     def client_step(
         self,
         state: NamedArrays,
@@ -92,8 +150,8 @@ class Aggregator(abc.ABC):
         num_examples: int = 0,
         context: Any = None,
     ) -> Any:
-        """Transform one client's flat update in the client's task (identity by default)."""
-        return delta
+        """:meth:`encode` with the client's :meth:`client_view`, in one process (what the client task runs)."""
+        return self.encode(self.client_view(state, context, client_id), delta, num_examples=num_examples)
 
     @abc.abstractmethod
     def aggregate(

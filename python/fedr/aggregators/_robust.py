@@ -48,10 +48,10 @@ from fedr.aggregators._weighted_mean import (
     Backend,
     Updates,
     _check_updates,
-    _check_weights,
     _kernels,
     weighted_mean,
 )
+from fedr._weights import check_weights
 from fedr.errors import FedTypeError, FedValueError
 
 __all__ = [
@@ -295,7 +295,7 @@ def krum_numpy(
     m = _check_count(num_selected, "num_selected", 1)
     matrix = _matrix(updates)
     k = matrix.shape[0]
-    w = np.ones(k) if weights is None else _check_weights(weights, k)
+    w = np.ones(k) if weights is None else check_weights(weights, k)
     selected = _krum_select(pairwise_sq_distances_numpy(matrix), f, m)
     chosen = matrix[selected].astype(np.float64)
     ws = w[selected]

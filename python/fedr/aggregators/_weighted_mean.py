@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fedr._weights import check_weights
 from fedr.errors import FedTypeError, FedValueError
 
 
@@ -109,28 +110,6 @@ def _check_updates(updates: object) -> tuple[Updates, int, int]:
     return rows, len(rows), n
 
 
-def _check_weights(weights: object, k: int) -> np.ndarray:
-    """Return ``weights`` as K float64 values after checking them."""
-    w = np.asarray(weights)
-    if w.dtype.kind not in "iuf":
-        raise FedValueError(f"weights: expected numbers, got dtype {w.dtype}")
-    if w.ndim != 1:
-        raise FedValueError(
-            f"weights: expected a 1-D sequence of K={k} numbers, got shape {w.shape}"
-        )
-    if w.shape[0] != k:
-        raise FedValueError(f"weights has {w.shape[0]} entries but updates has K={k}")
-    w = w.astype(np.float64)
-    for bad, rule in ((~np.isfinite(w), "finite"), (w < 0, "non-negative")):
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise FedValueError(f"weights[{i}] is {w[i]}; weights must be {rule}")
-    total = float(w.sum())
-    if not (total > 0 and math.isfinite(total)):
-        raise FedValueError(f"weights sum to {total}; the total weight must be positive and finite")
-    return w
-
-
 def weighted_mean_numpy(updates: Updates, weights: Sequence[float] | np.ndarray) -> np.ndarray:
     """Return the weighted mean of K updates with numpy (the kernel's reference).
 
@@ -151,7 +130,7 @@ def weighted_mean_numpy(updates: Updates, weights: Sequence[float] | np.ndarray)
         FedTypeError: ``updates`` is not an array or a list of arrays.
     """
     rows, k, n = _check_updates(updates)
-    w = _scaled(_check_weights(weights, k))
+    w = _scaled(check_weights(weights, k))
     acc = np.zeros(n, dtype=np.float64)
     term = np.empty(n, dtype=np.float64)
     for row, wk in zip(rows, w, strict=True):
@@ -206,7 +185,7 @@ def weighted_mean(
     if not _use_kernel(backend):
         return weighted_mean_numpy(updates, weights)
     checked, k, _ = _check_updates(updates)
-    return _kernels.weighted_mean(checked, _check_weights(weights, k))
+    return _kernels.weighted_mean(checked, check_weights(weights, k))
 
 
 class _NumpyAccumulator:

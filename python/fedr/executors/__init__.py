@@ -17,9 +17,18 @@ extra workers idle; raise ``TF_NUM_INTRAOP_THREADS`` there to give each client
 several cores.
 """
 
-from fedr.executors._local import Executor, SerialExecutor, ThreadsExecutor, default_workers, serial, threads
+from fedr.executors._local import (
+    Executor,
+    SerialExecutor,
+    ThreadsExecutor,
+    check_executor,
+    default_workers,
+    serial,
+    threads,
+)
 from fedr.executors._ray import RayExecutor, ray
 
 __all__ = [
+    "check_executor",
     "Executor", "RayExecutor", "SerialExecutor", "ThreadsExecutor", "default_workers", "ray", "serial", "threads",
 ]

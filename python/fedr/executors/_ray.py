@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -45,20 +45,20 @@ def _worker_env() -> dict[str, str]:
 class _ClientActor:
     """A Ray actor: one compiled model replica, and the clients' data it has seen (an LRU bounded in bytes)."""
 
-    def __init__(self, spec: Any, optimizer: dict[str, Any], local_epochs: int,
+    def __init__(self, spec: Any, optimizer: dict[str, Any], local_epochs: int, task: Any,
                  cache_bytes: int = 512 * 2**20) -> None:
         for key, value in _WORKER_ENV.items():
             os.environ.setdefault(key, value)
-        import keras
-
-        from fedr.learning.client_update import ClientUpdate
-
-        self.update = ClientUpdate(
-            spec.build(), keras.saving.deserialize_keras_object(optimizer), local_epochs=local_epochs
-        )
+        # The client task comes with the job (the process's ClientTask): a carrier runs it, it knows no model code.
+        self.task = task
+        self.update = task.replica(spec, optimizer, local_epochs)
         self._data: OrderedDict[str, Any] = OrderedDict()
         self._bytes = 0
         self._cache_bytes = cache_bytes
+        # The round state of the clients this actor runs (their secrets: e.g.
+        # secure aggregation's keys), by round and position; it never leaves
+        # the actor. A restarted actor has lost it: those clients drop out.
+        self._sessions: dict[str, dict[int, Any]] = {}
 
     def pid(self) -> int:
         """The actor's process id (tests kill it)."""
@@ -80,13 +80,25 @@ class _ClientActor:
             self._data.move_to_end(key)
         return client
 
-    def train(self, shared: Any, jobs: list[tuple[list[Any], Any, float]]) -> list[Any]:
-        """Run a chunk of clients' rounds; each job wraps a ClientData's object reference (not resolved by Ray)."""
-        from fedr.learning.client_update import ClientFailure, describe_error, run_client
+    def stage(self, aggregator: Any, stage: str, round_key: str, requests: dict[int, Any],
+              client_ids: list[str]) -> dict[int, Any]:
+        """The clients' side of a message stage, with the sessions this actor keeps for them."""
+        from fedr.protocol.messages import carry_stage
 
-        weights, flat, aggregator, agg_state, context = shared
+        return carry_stage(aggregator, stage, requests, self._sessions.setdefault(round_key, {}), client_ids)
+
+    def forget(self, round_key: str) -> None:
+        """Drop the sessions of a finished round."""
+        self._sessions.pop(round_key, None)
+
+    def train(self, shared: Any, jobs: list[tuple[list[Any], Any, float, int, Any]]) -> list[Any]:
+        """Run a chunk of clients' rounds; each job wraps a ClientData's object reference (not resolved by Ray)."""
+        from fedr.protocol.messages import ClientFailure, describe_error
+
+        weights, flat, aggregator, round_key = shared
+        sessions = self._sessions.get(round_key, {}) if round_key is not None else {}
         results = []
-        for data, seed, delay in jobs:
+        for data, seed, delay, position, view in jobs:
             client = self._client(data[0])
             if delay:
                 time.sleep(delay)
@@ -95,20 +107,21 @@ class _ClientActor:
             except Exception as err:  # noqa: BLE001 - the client's failure
                 results.append(ClientFailure(client.client_id, describe_error(err)))
                 continue
-            results.append(run_client(self.update, weights, flat, client, seed, aggregator, agg_state, context))
+            results.append(self.task.run(self.update, weights, flat, client, seed, aggregator, view,
+                                         sessions.get(position)))
         return results
 
 
 def _own_libpython_first() -> None:
     """Put this Python's library directory first on LD_LIBRARY_PATH, for Ray's child processes (see fedr._r)."""
-    from fedr._r import own_libpython_first
+    from fedr._env import own_libpython_first
 
     own_libpython_first(os.environ)
 
 
 def _ray_error(err: BaseException) -> str:
     """``Type: message`` of what went wrong in a Ray task, without Ray's colours and process listing."""
-    from fedr.learning.client_update import describe_error
+    from fedr.protocol.messages import describe_error
 
     cause = getattr(err, "cause", None)
     if isinstance(cause, BaseException):
@@ -116,6 +129,38 @@ def _ray_error(err: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", describe_error(err))
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("ray::")]
     return lines[0] if lines else type(err).__name__
+
+
+class _ActorSpec(NamedTuple):
+    """What the actors are built from (the model spec, the client optimizer, epochs)."""
+
+    spec: Any
+    optimizer: dict[str, Any]
+    local_epochs: int
+    task: Any  # the process's client task (fedr.learning.client_update.ClientTask)
+
+
+class RayCarrier:
+    """Carries one round's message stages to the Ray actors; the clients' sessions stay on the actors."""
+
+    def __init__(self, executor: RayExecutor, spec: _ActorSpec) -> None:
+        self.executor = executor
+        self.spec = spec
+        self.round_key = os.urandom(8).hex()
+        self.sessions: dict[int, Any] = {}  # none here: they are on the actors
+        self._staged = False
+
+    def stage(self, aggregator: Any, stage: str, requests: dict[int, Any], client_ids: Any) -> dict[int, Any]:
+        self._staged = True
+        return self.executor.run_stage(self.spec, aggregator, stage, self.round_key, requests, list(client_ids))
+
+    def train(self, job: Any) -> list[Any]:
+        """The round's client tasks (a RoundJob) on the actors that keep the clients' sessions."""
+        return self.executor.run_round(job)
+
+    def close(self) -> None:
+        if self._staged:
+            self.executor.forget(self.round_key)
 
 
 class RayExecutor(Executor):
@@ -187,7 +232,7 @@ class RayExecutor(Executor):
         return ray_
 
     def _ensure_actors(self, ray_: Any, job: Any, n_clients: int) -> None:
-        key = (id(job.spec), job.local_epochs)
+        key = (id(job.spec), job.local_epochs)  # job: a RoundJob or an _ActorSpec (spec, optimizer, epochs, task)
         if self._actors and self._actor_key == key:
             return
         self._kill_actors(ray_)
@@ -196,7 +241,7 @@ class RayExecutor(Executor):
         cls = ray_.remote(_ClientActor).options(
             num_cpus=self.num_cpus_per_client, max_restarts=self.max_restarts, max_task_retries=self.max_restarts
         )
-        self._actors = [cls.remote(job.spec, job.optimizer, job.local_epochs) for _ in range(count)]
+        self._actors = [cls.remote(job.spec, job.optimizer, job.local_epochs, job.task) for _ in range(count)]
         self._actor_key = key
         self.workers = count
 
@@ -224,55 +269,117 @@ class RayExecutor(Executor):
         """Local work (evaluation): run on the calling thread."""
         return [fn(item) for item in items]
 
+    def stage_carrier(self, spec: Any, optimizer: dict[str, Any], local_epochs: int, task: Any) -> RayCarrier:
+        """The carrier of one round's message stages: the clients' sessions stay on the actors that run them."""
+        return RayCarrier(self, _ActorSpec(spec, optimizer, local_epochs, task))
+
+    def _owner(self, position: int) -> int:
+        # A client's stages and its training go to the same actor: its session is there.
+        return position % len(self._actors)
+
+    def _gather(self, ray_: Any, refs: list[Any], owners: list[int], groups: list[list[int]],
+                ids: list[str]) -> tuple[list[Any], set[int]]:
+        """Each ref's result, or a list with a ClientFailure per client of its group; the owners late to answer."""
+        from fedr.protocol.messages import ClientFailure
+
+        ready, _ = ray_.wait(refs, num_returns=len(refs), timeout=self.round_timeout)
+        done = set(ready)
+        out: list[Any] = []
+        late = set()
+        for ref, owner, group in zip(refs, owners, groups, strict=True):
+            if ref not in done:
+                late.add(owner)
+                out.append([ClientFailure(
+                    ids[i], f"TimeoutError: no answer within round_timeout = {self.round_timeout:g} s"
+                ) for i in group])
+                continue
+            try:
+                out.append(ray_.get(ref))
+            except Exception as err:  # noqa: BLE001 - a worker that died for good, a task error
+                out.append([ClientFailure(ids[i], _ray_error(err)) for i in group])
+        return out, late
+
+    def run_stage(self, spec: Any, aggregator: Any, stage: str, round_key: str, requests: dict[int, Any],
+                  client_ids: list[str]) -> dict[int, Any]:
+        """Carry one message stage to the actors that run its clients; position -> reply, or a ClientFailure."""
+        with self._lock:
+            ray_ = self._ray()
+            self._ensure_actors(ray_, spec, len(client_ids))
+            by_owner: dict[int, list[int]] = {}
+            for position in sorted(requests):
+                by_owner.setdefault(self._owner(position), []).append(position)
+            owners = sorted(by_owner)
+            groups = [by_owner[o] for o in owners]
+            refs = [self._actors[o].stage.remote(aggregator, stage, round_key, {p: requests[p] for p in g},
+                                                 list(client_ids))
+                    for o, g in zip(owners, groups, strict=True)]
+            answers, late = self._gather(ray_, refs, owners, groups, list(client_ids))
+            if late:
+                self._replace_actors(ray_, spec, late)
+            replies: dict[int, Any] = {}
+            for group, answer in zip(groups, answers, strict=True):
+                # An actor's dict of replies, or (it failed) one failure per client of its group.
+                replies.update(answer if isinstance(answer, dict) else dict(zip(group, answer, strict=True)))
+            return replies
+
+    def forget(self, round_key: str) -> None:
+        """Drop a finished round's sessions on every actor."""
+        with self._lock:
+            if not self._actors:
+                return
+            import ray as ray_
+
+            refs = [actor.forget.remote(round_key) for actor in self._actors]
+            try:
+                ray_.wait(refs, num_returns=len(refs), timeout=10)
+            except Exception:  # noqa: BLE001 - an actor already gone has nothing to forget
+                pass
+
+    def _replace_actors(self, ray_: Any, spec: Any, late: set[int]) -> None:
+        # Their queues hold the stragglers: kill those actors (their tasks die
+        # with them) and start fresh ones for the next round.
+        self._kill_actors(ray_, sorted(late))
+        cls = ray_.remote(_ClientActor).options(
+            num_cpus=self.num_cpus_per_client, max_restarts=self.max_restarts,
+            max_task_retries=self.max_restarts,
+        )
+        for owner in late:
+            self._actors[owner] = cls.remote(spec.spec, spec.optimizer, spec.local_epochs, spec.task)
+
     def run_round(self, job: Any) -> list[Any]:
         """Train the round's clients on the actors; outputs (or failures) in client order."""
-        from fedr.learning.client_update import ClientFailure
-
         with self._lock:
             ray_ = self._ray()
             self._ensure_actors(ray_, job, len(job.clients))
-            shared = ray_.put((job.weights, job.flat, job.aggregator, job.aggregator_state, job.context))
-            # Clients go out in chunks, about four per actor and round, so that
-            # thousands of tiny clients do not cost a remote call each; each
-            # chunk goes to one actor, in client order.
+            shared = ray_.put((job.weights, job.flat, job.aggregator, job.round_key))
+            # Each client goes to the actor that holds its session (by position);
+            # an actor's clients go out in chunks, about four per actor and
+            # round, so that thousands of tiny clients do not cost a remote call each.
             n, actors = len(job.clients), len(self._actors)
             size = max(1, -(-n // (4 * actors)))
-            chunks = [list(range(start, min(start + size, n))) for start in range(0, n, size)]
-            refs, owners = [], []
-            for k, chunk in enumerate(chunks):
-                owner = k % actors
+            groups: list[list[int]] = []
+            owners: list[int] = []
+            for owner in range(actors):
+                mine = [i for i in range(n) if self._owner(i) == owner and i not in job.lost]
+                for start in range(0, len(mine), size):
+                    groups.append(mine[start:start + size])
+                    owners.append(owner)
+            refs = []
+            for owner, group in zip(owners, groups, strict=True):
                 jobs = [
-                    ([self._ref(ray_, job.clients[i])], job.seeds[i], self._delays.get(job.clients[i].client_id, 0.0))
-                    for i in chunk
+                    ([self._ref(ray_, job.clients[i])], job.seeds[i], self._delays.get(job.clients[i].client_id, 0.0),
+                     i, job.views[i])
+                    for i in group
                 ]
                 refs.append(self._actors[owner].train.remote(shared, jobs))
-                owners.append(owner)
-            ready, pending = ray_.wait(refs, num_returns=len(refs), timeout=self.round_timeout)
-            done = set(ready)
-            results: list[Any] = []
-            late_owners = set()
-            for ref, owner, chunk in zip(refs, owners, chunks, strict=True):
-                ids = [job.clients[i].client_id for i in chunk]
-                if ref not in done:
-                    late_owners.add(owner)
-                    results.extend(ClientFailure(
-                        cid, f"TimeoutError: no answer within round_timeout = {self.round_timeout:g} s"
-                    ) for cid in ids)
-                    continue
-                try:
-                    results.extend(ray_.get(ref))
-                except Exception as err:  # noqa: BLE001 - a worker that died for good, a task error
-                    results.extend(ClientFailure(cid, _ray_error(err)) for cid in ids)
+            ids = [c.client_id for c in job.clients]
+            answers, late_owners = self._gather(ray_, refs, owners, groups, ids)
+            results: list[Any] = [job.lost.get(i) for i in range(n)]
+            for group, answer in zip(groups, answers, strict=True):
+                for i, out in zip(group, answer, strict=True):
+                    results[i] = out
             if late_owners:
-                # Their queues hold the stragglers: kill those actors (their tasks die
-                # with them) and start fresh ones for the next round.
-                self._kill_actors(ray_, sorted(late_owners))
-                cls = ray_.remote(_ClientActor).options(
-                    num_cpus=self.num_cpus_per_client, max_restarts=self.max_restarts,
-                    max_task_retries=self.max_restarts,
-                )
-                for owner in late_owners:
-                    self._actors[owner] = cls.remote(job.spec, job.optimizer, job.local_epochs)
+                self._replace_actors(ray_, job, late_owners)
             return results
 
     def actor_pids(self) -> list[int]:

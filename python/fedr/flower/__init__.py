@@ -27,7 +27,8 @@ from fedr.flower._credentials import make_certificates, make_node_key
 from fedr.flower._launch import FlowerProcess, check_tls, free_port, superlink, supernode
 from fedr.flower._run import FlowerRoundWarning, FlowerRun, FlowerSeedWarning, check_run_target, progress_line, run
 from fedr.flower._node import load_node_data
-from fedr.flower._strategy import FedrStrategy, check_flower_aggregator
+from fedr.flower._checks import check_flower_aggregator
+from fedr.flower._strategy import FedrStrategy
 
 __all__ = [
     "FedrStrategy",

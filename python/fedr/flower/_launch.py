@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fedr._r import own_libpython_first
+from fedr._env import own_libpython_first
 from fedr.errors import FedError, FedValueError
 
 __all__ = ["FlowerProcess", "check_tls", "free_port", "superlink", "supernode"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fedr.learning.client_update import ClientFailure, ClientOutput
+from fedr.protocol import ClientFailure, ClientOutput
 from fedr.learning.state import ModelWeights
 
 # Keys of the records in a message's RecordDict.
@@ -26,6 +26,8 @@ UPDATE = "update"  # ArrayRecord: a node's delta and float non-trainable values
 METRICS = "metrics"  # MetricRecord: a node's counts and metrics
 FAILURE = "failure"  # ConfigRecord: why a node could not do its part
 DESCRIBE = "describe"  # ConfigRecord: a node's client id and example count
+SENT = "sent"  # ConfigRecord: what wraps the update a node's client step sent (DP's bit, a masked vector's index)
+STAGE = "stage"  # ConfigRecord: a protocol stage's name, round and payload (server -> node) or reply (node -> server)
 
 _T, _N = "trainable:", "non_trainable:"
 
@@ -69,8 +71,62 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not plain data")
 
 
+def kind_of(sent: Any) -> str:
+    """What a client sent, by its shape: ``array`` (a plain update), ``masked`` (secure aggregation),
+    ``clipped/array`` or ``clipped/masked`` (differential privacy over a plain or a secure sum)."""
+    from fedr.privacy import ClippedUpdate, MaskedInput
+
+    if isinstance(sent, ClippedUpdate):
+        return f"clipped/{kind_of(sent.vector)}"
+    if isinstance(sent, MaskedInput):
+        return "masked"
+    return "array"
+
+
+def _sent_parts(sent: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """The one array a client sends and the record of what wraps it (no norm: only what aggregation reads)."""
+    from fedr.privacy import ClippedUpdate, MaskedInput
+
+    if isinstance(sent, ClippedUpdate):
+        array, inner = _sent_parts(sent.vector)
+        return array, {**inner, "kind": f"clipped/{inner['kind']}",
+                       "unclipped": -1 if sent.unclipped is None else int(bool(sent.unclipped))}
+    if isinstance(sent, MaskedInput):
+        return np.ascontiguousarray(sent.masked), {"kind": "masked", "index": int(sent.index)}
+    return np.ascontiguousarray(sent, np.float32), {"kind": "array"}
+
+
+def _sent_from_parts(array: np.ndarray, record: Any, size: int) -> Any:
+    """The client's sent value of :func:`_sent_parts`, its array checked against ``size`` (the update's length)."""
+    from fedr.privacy import ClippedUpdate, MaskedInput
+
+    kind = str(record.get("kind", "array"))
+    base = kind.split("/")[-1]
+    if base == "array":
+        if array.dtype != np.float32 or array.shape != (size,):
+            raise ValueError(f"update of {array.dtype} {array.shape}, expected float32 ({size},)")
+        vector: Any = array
+    elif base == "masked":
+        index = record.get("index")
+        if array.dtype not in (np.uint32, np.uint64) or array.ndim != 1 or isinstance(index, bool) \
+                or not isinstance(index, int | np.integer):
+            raise ValueError(f"masked update of {array.dtype} {array.shape} (client {index!r}), expected uint32 "
+                             "or uint64 of one dimension")
+        vector = MaskedInput(int(index), array)
+    else:
+        raise ValueError(f"an update of kind {kind[:40]!r}")
+    if kind == base:
+        return vector
+    if kind not in ("clipped/array", "clipped/masked"):
+        raise ValueError(f"an update of kind {kind[:40]!r}")
+    bit = record.get("unclipped", -1)
+    if bit not in (-1, 0, 1) or isinstance(bit, bool):
+        raise ValueError(f"unclipped {bit!r}, expected -1, 0 or 1")
+    return ClippedUpdate(vector, float("nan"), None if bit == -1 else bool(bit))
+
+
 def output_reply(out: ClientOutput | ClientFailure) -> dict[str, Any]:
-    """The records of a node's training reply."""
+    """The records of a node's training reply: what its aggregator's client step sent, counts and metrics."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
     if isinstance(out, ClientFailure):
@@ -82,11 +138,13 @@ def output_reply(out: ClientOutput | ClientFailure) -> dict[str, Any]:
     }
     if len(out.metrics):
         metrics["metrics"] = [float(m) for m in out.metrics]
+    array, sent = _sent_parts(out.delta)
     return {
         UPDATE: ArrayRecord(array_dict={
-            "delta": Array(np.ascontiguousarray(out.delta, np.float32)),
+            "delta": Array(array),
             "non_trainable": Array(np.ascontiguousarray(out.non_trainable, np.float32)),
         }),
+        SENT: ConfigRecord(sent),
         METRICS: MetricRecord(metrics),
     }
 
@@ -94,6 +152,8 @@ def output_reply(out: ClientOutput | ClientFailure) -> dict[str, Any]:
 def output_from_reply(client_id: str, content: Any, num_metrics: int, size: int) -> ClientOutput | ClientFailure:
     """The :class:`ClientOutput` (or failure) in a node's training reply; a malformed reply is a failure.
 
+    The output's ``delta`` is what the node's client step sent: its update
+    (float32 of ``size``), or the DP-clipped update, or the masked vector.
     ``finite`` is computed here from the arrays and the loss, as the client
     update computes it: the node's own ``finite`` flag is not trusted (a node
     sending NaN with ``finite = 1`` is dropped from the round like any
@@ -104,11 +164,10 @@ def output_from_reply(client_id: str, content: Any, num_metrics: int, size: int)
         return ClientFailure(client_id, str(failure.get("error", "the node reported a failure")))
     try:
         update, metrics = content[UPDATE], content[METRICS]
-        delta = update["delta"].numpy()
+        array = update["delta"].numpy()
+        sent = _sent_from_parts(array, content[SENT] if SENT in content else {}, size)
         non_trainable = update["non_trainable"].numpy()
         values = np.asarray(metrics.get("metrics", []), np.float64)
-        if delta.dtype != np.float32 or delta.shape != (size,):
-            raise ValueError(f"update of {delta.dtype} {delta.shape}, expected float32 ({size},)")
         if non_trainable.dtype != np.float32 or non_trainable.ndim != 1:
             raise ValueError(f"non-trainable values of {non_trainable.dtype} {non_trainable.shape}, expected float32")
         if values.shape != (num_metrics,):
@@ -116,8 +175,8 @@ def output_from_reply(client_id: str, content: Any, num_metrics: int, size: int)
         count, loss_sum = metrics["num-examples"], float(metrics["loss-sum"])
         if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 0:
             raise ValueError(f"num-examples {count!r}, expected a whole number >= 0")
-        finite = bool(np.isfinite(delta).all() and np.isfinite(non_trainable).all() and np.isfinite(loss_sum))
-        return ClientOutput(client_id, delta, non_trainable, int(count), values, loss_sum, finite)
+        finite = bool(np.isfinite(array).all() and np.isfinite(non_trainable).all() and np.isfinite(loss_sum))
+        return ClientOutput(client_id, sent, non_trainable, int(count), values, loss_sum, finite)
     except (KeyError, ValueError, TypeError) as err:
         return ClientFailure(client_id, f"FedValueError: malformed reply from the node ({err})")
 

@@ -5,8 +5,11 @@ A SuperNode is started with a node config that says where its data is
 of the node's owner is needed. The ClientApp rebuilds the model the server
 describes (Keras configs, see :mod:`fedr.flower._messages`), trains it with
 fedr's client update (:class:`fedr.learning.ClientUpdate`, the same as
-in-process and on Ray) and replies with the update, or with a failure that
-names what went wrong.
+in-process and on Ray), runs the aggregator's client step the server asks
+for (DP's clipping, secure aggregation's masking: :func:`train_records`) and
+replies with what that step returns, or with a failure that names what went
+wrong. Secure aggregation's stages (:func:`stage_records`) keep the node's
+keys in the ClientApp's ``Context.state`` between messages, on the node.
 
 Node config keys:
 
@@ -51,6 +54,7 @@ __all__ = ["load_node_data"]
 _LOCK = threading.Lock()
 _DATA: dict[tuple[Any, ...], ClientData] = {}
 _REPLICAS: dict[tuple[str, str, int], Any] = {}
+_AGGREGATORS: dict[str, Any] = {}
 
 
 def _rows(value: Any, n: int) -> slice:
@@ -218,7 +222,7 @@ def describe_records(node_config: Mapping[str, Any]) -> dict[str, Any]:
     """The node's client id and number of examples (the server's first question to a new node)."""
     from flwr.app import ConfigRecord
 
-    from fedr.learning.client_update import describe_error
+    from fedr.protocol import describe_error
 
     try:
         client = load_node_data(node_config)
@@ -227,16 +231,108 @@ def describe_records(node_config: Mapping[str, Any]) -> dict[str, Any]:
         return {wire.FAILURE: ConfigRecord({"client-id": _reported_id(node_config), "error": describe_error(err)})}
 
 
-def train_records(content: Mapping[str, Any], node_config: Mapping[str, Any]) -> dict[str, Any]:
-    """Train the server's model (``content``: weights and config) on the node's data; the reply's records."""
-    from fedr.learning.client_update import ClientFailure, describe_error
+def _aggregator(text: str) -> Any:
+    """The aggregator the server describes (JSON of a built-in one), rebuilt once per description."""
+    import json
+    import warnings
+
+    from fedr.learning import aggregator_from_data
+
+    with _LOCK:
+        found = _AGGREGATORS.get(text)
+    if found is None:
+        with warnings.catch_warnings():  # its builder's warnings were the server's to give
+            warnings.simplefilter("ignore")
+            found = aggregator_from_data(json.loads(text), "the server's aggregator")
+        with _LOCK:
+            _AGGREGATORS[text] = found
+    return found
+
+
+# The node's round state of a protocol with stages (secure aggregation): in the
+# ClientApp's Context.state, which the SuperNode keeps on this machine between
+# the messages of a run (each message runs in a fresh ClientApp process). It
+# holds the client's secrets; they never go into a reply.
+SESSION = "fedr-session"
+
+
+def _stage_order(aggregator: Any) -> tuple[str, ...]:
+    return (*aggregator.stages_before, "train", *aggregator.stages_after)
+
+
+def _session(state: Any, aggregator: Any, stage: str, round_num: int) -> Any:
+    """The node's session for ``stage`` of round ``round_num``; FedValueError for a stage it does not expect next."""
+    from fedr.flower import _codec
+    from fedr.privacy import SecAggClient
+
+    if stage == _stage_order(aggregator)[0]:
+        _forget(state)  # a round's first stage starts a new session
+        return None
+    record = state[SESSION] if state is not None and SESSION in state else None
+    expected = (int(record["round"]), str(record["next"])) if record is not None else None
+    if expected != (round_num, stage):
+        what = f"'{expected[1]}' of round {expected[0]}" if expected else "no stage (it has no session)"
+        raise FedValueError(
+            f"stage: the server sent stage '{stage}' of round {round_num} but this node expected {what}; "
+            "the node refuses stages out of order"
+        )
+    return SecAggClient.restore(_codec.from_text(record["session"]))
+
+
+def _keep(state: Any, aggregator: Any, stage: str, round_num: int, session: Any) -> None:
+    """Store ``session`` with the stage that must come next (or forget it after the last stage)."""
+    from flwr.app import ConfigRecord
+
+    from fedr.flower import _codec
+
+    order = _stage_order(aggregator)
+    position = order.index(stage)
+    if position + 1 == len(order) or session is None:
+        _forget(state)  # the round is over for this node: its secrets go
+        return
+    state[SESSION] = ConfigRecord({"round": int(round_num), "next": order[position + 1],
+                                   "session": _codec.to_text(session.export())})
+
+
+def _forget(state: Any) -> None:
+    if state is not None and SESSION in state:
+        del state[SESSION]
+
+
+def _released(out: Any, aggregator: Any) -> Any:
+    """``out`` with only what its aggregation reads: DP's norm never, its clip bit only for adaptive clipping."""
+    from fedr.privacy import ClippedUpdate
+
+    sent = getattr(out, "delta", None)
+    if isinstance(sent, ClippedUpdate):
+        bit = sent.unclipped if getattr(aggregator, "adaptive", False) else None
+        return out._replace(delta=sent._replace(norm=float("nan"), unclipped=bit))
+    return out
+
+
+def train_records(content: Mapping[str, Any], node_config: Mapping[str, Any], state: Any = None) -> dict[str, Any]:
+    """Train the server's model (``content``: weights and config) on the node's data; the reply's records.
+
+    When the server sends its aggregator and this client's view (every
+    aggregator with a client step, unless the run trusts the server), the
+    node runs that step after training (DP's clipping, secure aggregation's
+    masking with the session kept in ``state``, the ClientApp's
+    ``Context.state``) and replies with only what it returns.
+    """
+    from fedr.flower import _codec
+    from fedr.learning.client_update import apply_client_step
     from fedr.learning.state import check_weights
+    from fedr.protocol import ClientFailure, describe_error
 
     client_id = _reported_id(node_config)
     try:
         client = load_node_data(node_config)
         client_id = client.client_id
         config = content[wire.CONFIG]
+        aggregator = _aggregator(str(config["aggregator"])) if "aggregator" in config else None
+        session = None
+        if aggregator is not None and aggregator.stages_before:
+            session = _session(state, aggregator, "train", int(config["fedr-round"]))
         replica = _replica(config, train=True)
         weights = wire.weights_from_record(content[wire.WEIGHTS])
         check_weights(replica.weights(), weights)
@@ -245,16 +341,49 @@ def train_records(content: Mapping[str, Any], node_config: Mapping[str, Any]) ->
         words = config.get("seed-words")
         seed = np.asarray(words, np.uint32) if words else None
         out = replica.train(weights, weights.flat_trainable(), client, seed)
+        if aggregator is not None:
+            out = _released(apply_client_step(out, aggregator, _codec.from_text(config["view"]), session), aggregator)
+            if aggregator.stages_before:
+                _keep(state, aggregator, "train", int(config["fedr-round"]), session)
     except Exception as err:  # noqa: BLE001 - the client's failure, reported to the server
+        _forget(state)
         out = ClientFailure(client_id, describe_error(err))
     return wire.output_reply(out)
+
+
+def stage_records(content: Mapping[str, Any], node_config: Mapping[str, Any], state: Any) -> dict[str, Any]:
+    """The node's side of a protocol stage (``content[STAGE]``: its name, round, payload, aggregator); the reply.
+
+    The stage must be the one this node expects next in that round (the
+    first stage of a round starts afresh); the client's secrets stay in
+    ``state`` (the ClientApp's ``Context.state``) and only the public reply
+    leaves.
+    """
+    from flwr.app import ConfigRecord
+
+    from fedr.flower import _codec
+    from fedr.protocol import describe_error
+
+    try:
+        record = content[wire.STAGE]
+        stage, round_num = str(record["stage"]), int(record["round"])
+        aggregator = _aggregator(str(record["aggregator"]))
+        if stage not in _stage_order(aggregator) or stage == "train":
+            raise FedValueError(f"stage: {aggregator!r} has no stage {stage[:40]!r}")
+        session = _session(state, aggregator, stage, round_num)
+        session, reply = aggregator.client_stage(stage, _codec.from_text(record["payload"]), session)
+        _keep(state, aggregator, stage, round_num, session)
+        return {wire.STAGE: ConfigRecord({"stage": stage, "round": round_num, "reply": _codec.to_text(reply)})}
+    except Exception as err:  # noqa: BLE001 - reported to the server: this client drops out of the round
+        _forget(state)
+        return {wire.FAILURE: ConfigRecord({"client-id": _reported_id(node_config), "error": describe_error(err)})}
 
 
 def evaluate_records(content: Mapping[str, Any], node_config: Mapping[str, Any]) -> dict[str, Any]:
     """Evaluate the server's model on the node's ``eval-data`` (or its training data); the reply's records."""
     from flwr.app import ConfigRecord
 
-    from fedr.learning.client_update import describe_error
+    from fedr.protocol import describe_error
     from fedr.learning.state import check_weights
 
     try:
@@ -284,7 +413,12 @@ def describe(msg: Any, context: Any) -> Any:
 
 def train(msg: Any, context: Any) -> Any:
     """ClientApp train handler: :func:`train_records`."""
-    return _reply(msg, train_records(msg.content, context.node_config))
+    return _reply(msg, train_records(msg.content, context.node_config, context.state))
+
+
+def stage(msg: Any, context: Any) -> Any:
+    """ClientApp handler of protocol stages (``query.fedr_stage`` messages): :func:`stage_records`."""
+    return _reply(msg, stage_records(msg.content, context.node_config, context.state))
 
 
 def evaluate(msg: Any, context: Any) -> Any:

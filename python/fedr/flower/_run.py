@@ -108,6 +108,7 @@ def run(
     fraction: float = 1.0,
     evaluate: bool = False,
     round_timeout: float = 600.0,
+    trusted_server: bool = False,
     root_certificates: str | None = None,
     app: str | None = None,
     home: str | None = None,
@@ -134,7 +135,15 @@ def run(
         min_nodes: Nodes that must be connected for a round to start.
         fraction: Share of the nodes selected per round (seeded by the process's seed).
         evaluate: Also evaluate on the nodes after each round (``eval_`` columns).
-        round_timeout: Seconds a round waits for its nodes; the late are left out and named.
+        round_timeout: Seconds a round (and each of its message stages) waits for its
+            nodes; the late are left out and named.
+        trusted_server: False (default): the aggregator's client step
+            (differential privacy's clipping, secure aggregation's masking)
+            runs on each node, and the server receives only its result. True:
+            the nodes send their raw updates and the server clips them:
+            central DP with a trusted server, which sees every update. The
+            numbers are the same; each round's ``events`` names it. Refused
+            with secure aggregation.
         root_certificates: CA certificate of the SuperLink's TLS certificate;
             None connects without TLS, which only a loopback SuperLink accepts.
         app: The Flower app folder; default fedr's built-in app.
@@ -161,9 +170,9 @@ def run(
 
     if isinstance(rounds, bool) or not isinstance(rounds, int | np.integer) or rounds < 1:
         raise FedValueError(f"rounds: expected a positive integer, got {rounds!r}")
-    from fedr.flower._strategy import check_flower_run
+    from fedr.flower._checks import check_flower_run
 
-    check_flower_run(process, min_nodes, fraction)
+    check_flower_run(process, min_nodes, fraction, trusted_server)
     if isinstance(round_timeout, bool) or not isinstance(round_timeout, int | float) or not round_timeout > 0:
         raise FedValueError(f"round_timeout: expected a positive number of seconds, got {round_timeout!r}")
     address = superlink.address if isinstance(superlink, FlowerProcess) else str(superlink)
@@ -201,6 +210,7 @@ def run(
         run_config = {
             "num-server-rounds": int(rounds), "min-nodes": int(min_nodes), "fraction": float(fraction),
             "evaluate": bool(evaluate), "round-timeout": float(round_timeout), "out-dir": out_dir,
+            "trusted-server": bool(trusted_server),
             "fedr-process": encoded,
         }
         config_path = os.path.join(home, "run-config.toml")

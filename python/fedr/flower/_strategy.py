@@ -2,12 +2,19 @@
 
 Each connected node is one client. ``configure_train`` starts a round of the
 fedr process (:meth:`FedAvgProcess.begin_round`: the aggregator may refuse it,
-each client gets its seed words) and sends every selected node the model's
-weights; ``aggregate_train`` turns the replies into client outputs (a node
-that failed, died or did not answer in time becomes a named failure), applies
-the aggregator's client step (clipping under differential privacy) and
-finishes the round with the process (:meth:`FedAvgProcess.finish_round`: the
-same aggregation and server update as in-process). The whole
+each client gets its seed words), carries the aggregator's message stages
+before training (secure aggregation's ``advertise`` and ``share``, one
+message round each, :mod:`fedr.flower._carrier`) and sends every selected
+node the model's weights with the aggregator and the node's *view* of the
+round (DP: the clip), so that the node runs the aggregator's client step
+(clip, mask) itself; ``aggregate_train`` turns the replies into client
+outputs (a node that failed, died or did not answer in time becomes a named
+failure), checks that each is what the client step makes (under DP, within
+the clip) and finishes the round with the process
+(:meth:`FedAvgProcess.finish_round`: the stages after training, then the
+same aggregation and server update as in-process). With
+``trusted_server=True`` the nodes send raw updates and the server runs the
+client step, which every round's events say. The whole
 :class:`~fedr.learning.ServerState` lives here, not only the weights, and is
 checkpointed after every round with :func:`fedr.learning.save_state`.
 
@@ -17,10 +24,11 @@ than it declared at its first contact (the query that asks its client id)
 is a failed client of that round, named. Which nodes may connect at all is
 the SuperLink's affair (TLS, and ``--enable-supernode-auth``; see the README).
 
-A round with fewer usable updates than ``min_clients`` is reported (logged
-and in the history) and leaves the state as it was; the run goes on to the
-next round. An aggregator that refuses a round (a privacy budget spent) ends
-the run, keeping the last good state.
+A round with fewer usable updates than ``min_clients`` (or too few nodes
+through secure aggregation's stages) is reported (logged and in the
+history) and leaves the state as it was; the run goes on to the next round.
+An aggregator that refuses a round (a privacy budget spent) ends the run,
+keeping the last good state.
 """
 
 from __future__ import annotations
@@ -31,19 +39,36 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import ERROR, INFO, WARNING
 from typing import Any
 
 import numpy as np
 
-from fedr.errors import FedError, FedTypeError, FedValueError, FedWarning
+from fedr.errors import FedError, FedWarning
+from fedr.flower import _codec
 from fedr.flower import _messages as wire
-from fedr.learning.client_update import ClientFailure, apply_client_step
+from fedr.flower._carrier import FlowerCarrier
+from fedr.flower._checks import (
+    check_examples,
+    check_flower_aggregator,
+    check_flower_run,
+    check_sent,
+    client_aggregator_json,
+    expected_kind,
+    has_client_step,
+)
 from fedr.learning.process import FedAvgProcess, combine_metrics, sample_clients
 from fedr.learning.state import ServerState, save_state
+from fedr.protocol import ClientFailure
 
-__all__ = ["FedrStrategy", "check_examples", "check_flower_aggregator", "check_flower_run"]
+__all__ = ["TRUSTED_SERVER_EVENT", "FedrStrategy", "check_examples", "check_flower_aggregator", "check_flower_run"]
+
+#: The history's event of every round run with ``trusted_server=True`` (an aggregator with a client step).
+TRUSTED_SERVER_EVENT = (
+    "trusted server: the nodes sent their raw updates and the server ran the aggregator's client step "
+    "(clipping) on them"
+)
 
 try:  # Flower is optional for fedr as a whole; this module needs it.
     from flwr.serverapp.strategy import Strategy as _Strategy
@@ -55,46 +80,6 @@ def _log(level: int, text: str, *args: Any) -> None:
     from flwr.supercore import log
 
     log(level, text, *args)
-
-
-def check_flower_aggregator(aggregator: Any) -> None:
-    """Raise FedValueError for aggregators a Flower federation cannot run yet (secure aggregation)."""
-    from fedr.privacy._secagg import _Secure
-
-    inner = getattr(aggregator, "inner", None)
-    if isinstance(aggregator, _Secure) or isinstance(inner, _Secure):
-        raise FedValueError(
-            f"aggregator {aggregator!r}: secure aggregation needs extra rounds of messages between the "
-            "nodes (key agreement, shares) that fedr's Flower app does not run yet; use it in-process or "
-            "on Ray, or use mean, median, trimmed_mean, krum or differential privacy on Flower"
-        )
-
-
-def check_flower_run(process: Any, min_nodes: Any, fraction: Any) -> None:
-    """Raise, naming the argument, for what a Flower run of ``process`` cannot take (checked before it starts)."""
-    if not isinstance(process, FedAvgProcess):
-        raise FedTypeError(f"process: expected a fedr FedAvgProcess, got {type(process).__name__}")
-    check_flower_aggregator(process.aggregator)
-    if isinstance(min_nodes, bool) or not isinstance(min_nodes, int | np.integer) or min_nodes < 1:
-        raise FedValueError(f"min_nodes: expected a positive integer, got {min_nodes!r}")
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
-        raise FedValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
-
-
-def check_examples(out: Any, node: int, declared: int | None) -> Any:
-    """``out``, or a named failure when the node reports more examples than it declared when it joined.
-
-    A node's example count weighs its update in the mean; a count it may raise
-    at will would let one node outweigh all the others, so a round's count is
-    bounded by the one the node gave at its first contact (its data's size).
-    """
-    if isinstance(out, ClientFailure) or declared is None or out.num_examples <= declared:
-        return out
-    return ClientFailure(
-        out.client_id,
-        f"FedValueError: node {node} reported {out.num_examples} examples, more than the {declared} it declared "
-        "when it joined; its update is refused",
-    )
 
 
 def _natural(client_id: str) -> list[Any]:
@@ -119,11 +104,26 @@ class FedrStrategy(_Strategy):
         out_dir: Folder for ``state.npz`` (the last good state, written after
             every round) and ``history.csv``; None keeps them in memory only.
         wait_timeout: Seconds to wait for ``min_nodes`` nodes before failing.
+        trusted_server: False (default): the aggregator's client step runs on
+            the nodes (differential privacy's clipping, secure aggregation's
+            masking) and the server receives only what it returns (the
+            clipped update, adaptive clipping's bit; a masked vector). True:
+            the nodes send their raw updates and the server clips them
+            (central DP with a trusted server: whoever runs or breaks into
+            the server sees every node's update). Same numbers either way;
+            every round of a trusted run says so in its ``events``. Secure
+            aggregation refuses it.
 
     Attributes:
         state: The current :class:`~fedr.learning.ServerState`.
         history: One dict per round: ``round``, the metrics, ``clients``,
-            ``seconds`` and ``events`` (failed or dropped clients, a failed round).
+            ``seconds`` and ``events`` (failed or dropped clients, a failed
+            round, a trusted server).
+        on_receive: For tests and audits: None, or a function called as
+            ``on_receive(client_id, sent)`` with every update the server
+            receives from a node, as received (before any step of the
+            server): an array, a :class:`~fedr.privacy.ClippedUpdate` or a
+            :class:`~fedr.privacy.MaskedInput`.
     """
 
     def __init__(
@@ -136,8 +136,15 @@ class FedrStrategy(_Strategy):
         evaluate: bool = False,
         out_dir: str | os.PathLike[str] | None = None,
         wait_timeout: float = 300.0,
+        trusted_server: bool = False,
     ) -> None:
-        check_flower_run(process, min_nodes, fraction)
+        check_flower_run(process, min_nodes, fraction, trusted_server)
+        self.trusted_server = trusted_server
+        self._client_json = None if trusted_server else client_aggregator_json(process.aggregator)
+        self._kind = "array" if trusted_server else expected_kind(process.aggregator)
+        self.on_receive: Callable[[str, Any], None] | None = None
+        self._timeout = 600.0  # each stage's and round's limit, from start(timeout=)
+        self._refused: FedError | None = None
         self.process = process
         self.state = process.check_state(state) if state is not None else process.initialize()
         self.min_nodes = int(min_nodes)
@@ -155,7 +162,7 @@ class FedrStrategy(_Strategy):
         self._optimizer_json = wire.to_json(spec.client_optimizer)
         self._clients: dict[int, str] = {}
         self._declared: dict[int, int] = {}  # examples each node declared at its first contact
-        self._round: tuple[Any, list[tuple[str, int]]] | None = None
+        self._round: tuple[Any, list[tuple[str, int]], FlowerCarrier, dict[int, Any], list[Any]] | None = None
         self._eval_pairs: list[tuple[str, int]] = []
         self._started = 0.0
         self.history: list[dict[str, Any]] = []
@@ -166,6 +173,7 @@ class FedrStrategy(_Strategy):
         """Log the strategy's configuration."""
         _log(INFO, "\t├──> fedr process: %r", self.process)
         _log(INFO, "\t├──> min_nodes %d, fraction %.2f, evaluate %s", self.min_nodes, self.fraction, self.evaluate)
+        _log(INFO, "\t├──> client step: %s", "on the server (trusted_server)" if self.trusted_server else "on the nodes")
         _log(INFO, "\t└──> checkpoints: %s", self.out_dir or "(none)")
 
     def _nodes(self, grid: Any) -> list[tuple[str, int]]:
@@ -230,67 +238,113 @@ class FedrStrategy(_Strategy):
     # ------------------------------------------------------------------ train
 
     def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Iterable[Any]:
-        """Start a fedr round over the selected nodes: one message per node with the weights and its seed words."""
+        """Start a fedr round over the selected nodes: its stages before training, then one message per node.
+
+        Each train message holds the weights, the client's seed words and,
+        unless the server is trusted, the aggregator and this client's view
+        (e.g. DP's clip), for the node to run the client step itself.
+        """
         from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
         pairs = self._nodes(grid)
         if self.fraction < 1:
             pairs = sample_clients(pairs, self.fraction, seed=self.process.seed, round_num=self.state.round_num + 1)
         plan = self.process.begin_round(self.state, [cid for cid, _ in pairs])
-        self._round = (plan, pairs)
         self._started = time.monotonic()
+        carrier = FlowerCarrier(grid, [node for _, node in pairs], self._client_json or "", plan.round_num,
+                                self._timeout)
+        aggregator = self.process.aggregator
+        if aggregator.stages_before:
+            _log(INFO, "round %d: stages %s with %d node(s)", plan.round_num, ", ".join(aggregator.stages_before),
+                 len(pairs))
+        # A refusal here (too few nodes shared keys) is a failed round, as when too few updates arrive.
+        self._round = (plan, pairs, carrier, {}, [])
+        try:
+            lost = self.process.run_stages(plan, aggregator.stages_before, carrier)
+            views = self.process.client_views(plan)
+        except FedError as err:
+            self._refused = err
+            return []
+        self._refused = None
+        self._round = (plan, pairs, carrier, lost, views)
         weights = wire.weights_record(self.state.model)
         messages = []
-        for (_, node), seed in zip(pairs, plan.seeds, strict=True):
+        for i, ((_, node), seed) in enumerate(zip(pairs, plan.seeds, strict=True)):
+            if i in lost:
+                continue
             cfg = self._config(server_round, train=True)
+            cfg["fedr-round"] = int(plan.round_num)
             words = self.process.seed_words(seed)
             if len(words):
                 cfg["seed-words"] = [int(w) for w in words]
+            if self._client_json is not None:
+                cfg["aggregator"] = self._client_json
+                cfg["view"] = _codec.to_text(views[i])
             content = RecordDict({wire.WEIGHTS: weights, wire.CONFIG: ConfigRecord(cfg)})
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
-        _log(INFO, "round %d: training on %d node(s): %s", plan.round_num, len(pairs),
-             ", ".join(cid for cid, _ in pairs))
+        _log(INFO, "round %d: training on %d node(s): %s", plan.round_num, len(messages),
+             ", ".join(cid for i, (cid, _) in enumerate(pairs) if i not in lost))
         return messages
 
+    def _result(self, i: int, client_id: str, node: int, reply: Any, lost: dict[int, Any], view: Any,
+                size: int) -> Any:
+        """Client ``i``'s result of the round: its output as sent (checked), or a named failure."""
+        from fedr.learning.client_update import apply_client_step
+
+        if i in lost:
+            return lost[i]
+        if reply is None:
+            return ClientFailure(client_id, f"NodeLost: no reply from node {node} within the round's timeout")
+        if reply.has_error():
+            return ClientFailure(client_id, f"NodeError: {reply.error.reason}")
+        out = wire.output_from_reply(client_id, reply.content, len(self.process.metric_names), size)
+        if not isinstance(out, ClientFailure) and self.on_receive is not None:
+            self.on_receive(client_id, out.delta)
+        out = check_sent(check_examples(out, node, self._declared.get(node)), self._kind, view, node)
+        if self.trusted_server and not isinstance(out, ClientFailure):
+            # The trusted server runs the client step the nodes would have run.
+            out = apply_client_step(out, self.process.aggregator, view, None)
+        return out
+
     def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> tuple[Any, Any]:
-        """Finish the fedr round from the nodes' replies; a missing or failed node is a named failure."""
+        """Finish the fedr round from the nodes' replies (and its stages after training); a missing or failed
+        node is a named failure."""
         from flwr.app import MetricRecord
 
         if self._round is None:
             raise FedError("aggregate_train: no round was configured")
-        plan, pairs = self._round
-        self._round = None
+        plan, pairs, carrier, lost, views = self._round
+        try:
+            return self._finish(plan, pairs, carrier, lost, views, replies)
+        finally:
+            self._round = None
+
+    def _finish(self, plan: Any, pairs: list[tuple[str, int]], carrier: FlowerCarrier, lost: dict[int, Any],
+                views: list[Any], replies: Iterable[Any]) -> tuple[Any, Any]:
+        from flwr.app import MetricRecord
+
         by_node = {m.metadata.src_node_id: m for m in replies}
         size = plan.state.flat_weights.size
-        n_metrics = len(self.process.metric_names)
-        results = []
-        for (client_id, node) in pairs:
-            reply = by_node.get(node)
-            if reply is None:
-                results.append(ClientFailure(
-                    client_id, f"NodeLost: no reply from node {node} within the round's timeout"
-                ))
-            elif reply.has_error():
-                results.append(ClientFailure(client_id, f"NodeError: {reply.error.reason}"))
-            else:
-                out = check_examples(wire.output_from_reply(client_id, reply.content, n_metrics, size),
-                                     node, self._declared.get(node))
-                if not isinstance(out, ClientFailure):
-                    out = apply_client_step(out, self.process.aggregator, plan.state.aggregator_state, plan.context)
-                results.append(out)
+        results = [] if self._refused else [
+            self._result(i, cid, node, by_node.get(node), lost, views[i], size) for i, (cid, node) in enumerate(pairs)
+        ]
         row: dict[str, Any] = {"round": plan.round_num}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FedWarning)
             try:
-                output = self.process.finish_round(plan, results)
+                if self._refused is not None:
+                    raise self._refused
+                output = self.process.finish_round(plan, results, carry=carrier)
             except FedError as err:
                 output = None
                 row["events"] = f"failed: {err}"
                 _log(ERROR, "round %d failed, the state stays at round %d: %s",
                      plan.round_num, plan.state.round_num, err)
         events = [str(w.message) for w in caught if issubclass(w.category, FedWarning)]
+        if self.trusted_server and has_client_step(self.process.aggregator):
+            events.insert(0, TRUSTED_SERVER_EVENT)
         for text in events:
-            _log(WARNING, "%s", text)
+            _log(INFO if text == TRUSTED_SERVER_EVENT else WARNING, "%s", text)
         if events:
             row["events"] = "; ".join(filter(None, [row.get("events"), *events]))
         row["clients"] = ";".join(cid for cid, _ in pairs)
@@ -383,6 +437,7 @@ class FedrStrategy(_Strategy):
         from flwr.app import ConfigRecord
         from flwr.serverapp.strategy import Result
 
+        self._timeout = float(timeout)
         result = Result()
         result.arrays = wire.weights_record(self.state.model)
         _log(INFO, "fedr on Flower: %d round(s) from round %d", num_rounds, self.state.round_num)
@@ -397,7 +452,7 @@ class FedrStrategy(_Strategy):
                 self.history.append({"round": self.state.round_num + 1, "round_failed": 1, "events": f"refused: {err}"})
                 self._write_history()
                 break
-            replies = grid.send_and_receive(messages, timeout=timeout)
+            replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
             arrays, metrics = self.aggregate_train(server_round, replies)
             if arrays is not None:
                 result.arrays = arrays

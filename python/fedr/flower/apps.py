@@ -14,6 +14,7 @@ ServerApp from a Python function that builds the process.
 
 Run config keys read by the ServerApp: ``num-server-rounds``, ``min-nodes``
 (2), ``fraction`` (1.0), ``evaluate`` (false), ``round-timeout`` (600 s),
+``trusted-server`` (false: the aggregator's client step runs on the nodes),
 ``out-dir`` (where ``state.npz`` and ``history.csv`` go, on the SuperLink's
 machine), ``resume`` (a ``state.npz`` to start from), ``fedr-process``.
 
@@ -65,6 +66,7 @@ client_app = ClientApp()
 client_app.train()(_node.train)
 client_app.evaluate()(_node.evaluate)
 client_app.query()(_node.describe)
+client_app.query("fedr_stage")(_node.stage)  # protocol stages (secure aggregation), see fedr.flower._carrier
 
 
 def allowed_root() -> str:
@@ -217,6 +219,7 @@ def _run(process: FedAvgProcess, state: ServerState | None, grid: Any, config: d
         evaluate=bool(config.get("evaluate", False)),
         out_dir=out_dir,
         wait_timeout=float(config.get("wait-timeout", 300)),
+        trusted_server=config.get("trusted-server", False) is True,
     )
     strategy.start(grid, num_rounds=int(config.get("num-server-rounds", 1)),
                    timeout=float(config.get("round-timeout", 600)))

@@ -6,7 +6,7 @@ the sender chose. The model and optimizers are Keras configs (rebuilt with
 Keras's safe mode), the seed and counts are numbers, and the aggregator is
 ``{"name": ..., "params": {...}}`` of one of fedr's built-in aggregator
 builders (mean, sum, median, trimmed_mean, krum, gaussian_fixed,
-gaussian_adaptive); any other name is refused.
+gaussian_adaptive, secure_sum, secure_mean); any other name is refused.
 """
 
 from __future__ import annotations
@@ -35,21 +35,23 @@ class _Builder(NamedTuple):
 
 
 def _builders() -> dict[str, _Builder]:
-    from fedr.aggregators import _mean, _robust
-    from fedr.privacy import _dp
+    from fedr import aggregators as agg
+    from fedr import privacy
 
     def always(_: Any) -> bool:
         return True
 
     return {
-        "mean": _Builder(_mean.Mean, _mean.mean, {}, always),
-        "sum": _Builder(_mean.Sum, _mean.sum_, {}, always),
-        "median": _Builder(_robust.Median, _robust.median, {}, always),
-        "trimmed_mean": _Builder(_robust.TrimmedMean, _robust.trimmed_mean, {}, always),
-        "krum": _Builder(_robust.Krum, _robust.krum, {}, always),
-        "gaussian_fixed": _Builder(_dp.GaussianDP, _dp.gaussian_fixed, {"clip": "initial_clip"},
+        "mean": _Builder(agg.Mean, agg.mean, {}, always),
+        "sum": _Builder(agg.Sum, agg.sum, {}, always),
+        "median": _Builder(agg.Median, agg.median, {}, always),
+        "trimmed_mean": _Builder(agg.TrimmedMean, agg.trimmed_mean, {}, always),
+        "krum": _Builder(agg.Krum, agg.krum, {}, always),
+        "gaussian_fixed": _Builder(privacy.GaussianDP, privacy.gaussian_fixed, {"clip": "initial_clip"},
                                    lambda a: not a.adaptive),
-        "gaussian_adaptive": _Builder(_dp.GaussianDP, _dp.gaussian_adaptive, {}, lambda a: bool(a.adaptive)),
+        "gaussian_adaptive": _Builder(privacy.GaussianDP, privacy.gaussian_adaptive, {}, lambda a: bool(a.adaptive)),
+        "secure_sum": _Builder(privacy.SecureSum, privacy.secure_sum, {}, always),
+        "secure_mean": _Builder(privacy.SecureMean, privacy.secure_mean, {}, always),
     }
 
 
@@ -181,7 +183,7 @@ def spec_from_json(text: str) -> Any:
             field, or an unknown aggregator.
     """
     from fedr.learning.model import ModelSpec
-    from fedr.learning.process import ProcessSpec
+    from fedr.learning.spec import ProcessSpec
 
     try:
         data = json.loads(text)

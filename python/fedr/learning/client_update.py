@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -27,9 +27,11 @@ from fedr.datasets import ClientData
 from fedr.errors import FedValueError
 from fedr.learning.model import Model
 from fedr.learning.state import ModelWeights
+from fedr.protocol.messages import ClientFailure, ClientOutput, describe_error
 
 __all__ = [
-    "ClientFailure", "ClientOutput", "ClientUpdate", "apply_client_step", "client_tensors", "describe_error", "run_client",
+    "ClientFailure", "ClientOutput", "ClientTask", "ClientUpdate", "apply_client_step", "client_tensors",
+    "describe_error", "run_client",
 ]
 
 
@@ -60,25 +62,6 @@ def client_tensors(client: ClientData) -> tuple[Any, Any, Any]:
         with _TENSORS_LOCK:
             _TENSORS[client] = cached
     return cached
-
-
-class ClientFailure(NamedTuple):
-    """A client whose round raised: left out of the aggregate and named in the round's result."""
-
-    client_id: str
-    error: str  # "Type: message"
-
-
-class ClientOutput(NamedTuple):
-    """What one client reports after a round."""
-
-    client_id: str
-    delta: np.ndarray  # float32 (N,): trained minus initial trainable weights, flattened
-    non_trainable: np.ndarray  # float32 (M,): float non-trainable variables after training, flattened
-    num_examples: int  # examples processed (over all local epochs)
-    metrics: np.ndarray  # float64 (K,): each model metric's result over the round
-    loss_sum: float  # sum of per-example losses over the round
-    finite: bool  # False when the update, the statistics or the loss hold NaN or Inf
 
 
 def _flat(tensors: list[Any]) -> Any:
@@ -469,45 +452,52 @@ class ClientUpdate:
         return metrics.numpy(), float(loss_sum), int(count)
 
 
-def describe_error(err: BaseException) -> str:
-    """``Type: message`` of an exception, without the traced-code listing TensorFlow puts first."""
-    text = str(err).strip()
-    if "in user code:" in text:
-        text = [p for p in text.split("\n\n") if p.strip()][-1].strip()
-        return text if ": " in text.split("\n")[0] else f"{type(err).__name__}: {text}"
-    return f"{type(err).__name__}: {text}"
-
-
 def run_client(
     replica: ClientUpdate,
     weights: ModelWeights,
     flat: np.ndarray,
     client: ClientData,
-    seed: np.random.SeedSequence | None,
+    seed: np.random.SeedSequence | np.ndarray | None,
     aggregator: Any,
-    agg_state: Any,
-    context: Any,
+    view: Any,
+    session: Any = None,
 ) -> ClientOutput | ClientFailure:
-    """One client's whole task in a round: local training, then the aggregator's client step.
+    """One client's whole task in a round: local training, then the aggregator's client step (``encode``).
 
     The same function runs in a local worker thread and in a remote worker
-    (Ray actor). An exception becomes a :class:`ClientFailure` naming the
-    client: one failing client does not fail the round.
+    (Ray actor): ``view`` is the aggregator's public view for this client,
+    ``session`` its own state of the round's earlier stages, kept where it
+    runs. An exception becomes a :class:`ClientFailure` naming the client: one
+    failing client does not fail the round.
     """
     try:
-        return apply_client_step(replica.train(weights, flat, client, seed), aggregator, agg_state, context)
+        return apply_client_step(replica.train(weights, flat, client, seed), aggregator, view, session)
     except Exception as err:  # noqa: BLE001 - reported as the client's failure
         return ClientFailure(client.client_id, describe_error(err))
 
 
-def apply_client_step(out: ClientOutput, aggregator: Any, agg_state: Any, context: Any) -> ClientOutput:
-    """The aggregator's client step (clip, mask, ...) on a finite output; non-finite outputs pass as they are.
-
-    In-process and Ray workers call it in the client's task (:func:`run_client`);
-    with Flower nodes the server calls it when a node's update arrives.
-    """
+def apply_client_step(out: ClientOutput, aggregator: Any, view: Any, session: Any = None) -> ClientOutput:
+    """The aggregator's client step (clip, quantise, mask) on a finite output; non-finite outputs pass as they are."""
     if not out.finite:
         return out
-    return out._replace(delta=aggregator.client_step(
-        agg_state, out.delta, client_id=out.client_id, num_examples=out.num_examples, context=context,
-    ))
+    return out._replace(delta=aggregator.encode(view, out.delta, num_examples=out.num_examples, session=session))
+
+
+class ClientTask:
+    """The client task as an object a carrier can be handed (Ray ships it by reference, no code of the user's).
+
+    ``replica`` builds a client's compiled model from the process's model
+    spec; ``run`` is :func:`run_client`. Carriers (``fedr.executors``) run it
+    without importing the learning modules themselves.
+    """
+
+    def replica(self, spec: Any, optimizer: dict[str, Any], local_epochs: int) -> ClientUpdate:
+        import keras
+
+        return ClientUpdate(spec.build(), keras.saving.deserialize_keras_object(optimizer), local_epochs=local_epochs)
+
+    def run(self, *args: Any) -> ClientOutput | ClientFailure:
+        return run_client(*args)
+
+    def __repr__(self) -> str:
+        return "ClientTask()"

@@ -11,17 +11,35 @@ Each is an aggregator, passed as ``build_weighted_fed_avg(..., aggregator=)``.
 """
 
 from fedr.privacy._accounting import SAMPLINGS, epsilon
-from fedr.privacy._dp import GaussianDP, check_sampling, gaussian_adaptive, gaussian_fixed
+from fedr.privacy._dp import ClippedUpdate, ClipView, GaussianDP, check_sampling, gaussian_adaptive, gaussian_fixed
 from fedr.privacy._noise import ReproducibleNoiseWarning
-from fedr.privacy._secagg import MaskedInput, SecureMean, SecureSum, secure_mean, secure_sum
+from fedr.privacy._secagg import AdvertiseRequest, MaskedInput, SecureMean, SecureSum, SecureView, secure_mean, secure_sum
+from fedr.privacy._secagg_protocol import (
+    AdvertiseKeys,
+    EncryptedShare,
+    RoundConfig,
+    SecAggClient,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 
 __all__ = [
+    "AdvertiseKeys",
+    "AdvertiseRequest",
+    "ClipView",
+    "ClippedUpdate",
+    "EncryptedShare",
     "GaussianDP",
     "MaskedInput",
     "ReproducibleNoiseWarning",
+    "RoundConfig",
     "SAMPLINGS",
+    "SecAggClient",
     "SecureMean",
     "SecureSum",
+    "SecureView",
+    "UnmaskRequest",
+    "UnmaskResponse",
     "check_sampling",
     "epsilon",
     "gaussian_adaptive",

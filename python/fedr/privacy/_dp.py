@@ -52,12 +52,23 @@ _RELEASED = frozenset({"num_clients", "num_clients_dropped", "num_clients_failed
 _RELEASED_POISSON = frozenset({"num_clients_dropped", "num_clients_failed"})
 
 
+class ClipView(NamedTuple):
+    """What a client needs of a DP round (public): the clip, and the inner sum's view."""
+
+    clip: float
+    inner: Any
+
+
 class ClippedUpdate(NamedTuple):
-    """What a client sends under DP: its clipped update (through the inner sum's client step) and whether it fit."""
+    """What a client sends under DP: its clipped update (through the inner sum's client step) and whether it fit.
+
+    Under a secure inner sum ``norm`` is NaN and ``unclipped`` None: nothing
+    of the client's leaves it outside the masked vector.
+    """
 
     vector: Any
     norm: float
-    unclipped: bool
+    unclipped: bool | None
 
 
 @dataclass(frozen=True)
@@ -256,17 +267,51 @@ class GaussianDP(Aggregator):
             return self.inner.start_round(inner_state, client_ids, seed=seed, clip_range=float(own["clip"]))
         return self.inner.start_round(inner_state, client_ids, seed=seed)
 
-    def client_step(
-        self, state: NamedArrays, delta: np.ndarray, *, client_id: str = "", num_examples: int = 0, context: Any = None
-    ) -> ClippedUpdate:
+    # -- the inner sum's message stages (secure aggregation) pass through
+
+    @property
+    def stages_before(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.inner.stages_before
+
+    @property
+    def stages_after(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.inner.stages_after
+
+    def stage_requests(self, stage: str, context: Any, outputs: Sequence[Any] | None = None) -> dict[int, Any]:
+        sent = None if outputs is None else [_Output(o.client_id, o.delta.vector, o.num_examples) for o in outputs]
+        return self.inner.stage_requests(stage, context, sent)
+
+    def stage_results(self, stage: str, context: Any, replies: dict[int, Any]) -> None:
+        self.inner.stage_results(stage, context, replies)
+
+    def client_stage(self, stage: str, payload: Any, session: Any) -> tuple[Any, Any]:
+        return self.inner.client_stage(stage, payload, session)
+
+    def client_view(self, state: NamedArrays, context: Any, client_id: str, position: int = -1) -> ClipView:
         own, inner_state = self._split(state)
-        clip = float(own["clip"])
+        return ClipView(float(own["clip"]), self.inner.client_view(inner_state, context, client_id, position))
+
+    def encode(self, view: Any, delta: np.ndarray, *, num_examples: int = 0, session: Any = None) -> ClippedUpdate:
+        """Clip the whole update to the round's clip (on the client), then the inner sum's encoding.
+
+        Under a secure inner sum everything the client contributes goes inside
+        the masked vector: adaptive clipping's bit (1 if the update was not
+        clipped) rides as one more coordinate, scaled by the clip so that it
+        fits the sum's range, and no norm is sent.
+        """
+        if not isinstance(view, ClipView):
+            raise FedValueError(f"view: expected this round's ClipView from client_view(), got {type(view).__name__}")
+        clip = view.clip
         norm = float(np.linalg.norm(delta.astype(np.float64)))
         clipped = delta if norm <= clip else (delta * np.float32(clip / norm)).astype(np.float32)
-        vector = self.inner.client_step(
-            inner_state, np.ascontiguousarray(clipped, np.float32), client_id=client_id,
-            num_examples=num_examples, context=context,
-        )
+        clipped = np.ascontiguousarray(clipped, np.float32)
+        if self.inner.stages_before and self.adaptive:
+            bit = np.float32(clip if norm <= clip else 0.0)
+            vector = self.inner.encode(view.inner, np.append(clipped, bit), num_examples=num_examples, session=session)
+            return ClippedUpdate(vector, float("nan"), None)
+        vector = self.inner.encode(view.inner, clipped, num_examples=num_examples, session=session)
+        if self.inner.stages_before:
+            return ClippedUpdate(vector, float("nan"), None)
         return ClippedUpdate(vector, norm, norm <= clip)
 
     def aggregate(
@@ -283,6 +328,11 @@ class GaussianDP(Aggregator):
         sent = [_Output(o.client_id, o.delta.vector, o.num_examples) for o in outputs]
         inner = self.inner.aggregate(inner_state, sent, seed=seed, context=context)
         total = np.asarray(inner.update, np.float64)
+        unclipped = sum(1 for o in outputs if o.delta.unclipped)
+        if self.inner.stages_before and self.adaptive:
+            # The count came through the secure sum, as its last coordinate (bits scaled by the clip).
+            unclipped = int(round(total[-1] / clip)) if clip > 0 else 0
+            total = total[:-1]
         # The noise never comes from `seed` (the process seed's stream): see _noise.
         rng = noise_generator(self.noise_seed, rounds)
         stddev = self.update_noise_multiplier * clip
@@ -294,7 +344,7 @@ class GaussianDP(Aggregator):
             # TensorFlow Privacy's QuantileEstimatorQuery: the centred count
             # sum(b_i - 1/2) has sensitivity 1/2 (what z_delta assumes); add back
             # half the expected count, normalise, clamp to [0, 1].
-            centred = sum(0.5 if o.delta.unclipped else -0.5 for o in outputs)
+            centred = unclipped - 0.5 * len(outputs)
             if self.noise_multiplier > 0:
                 centred += rng.normal(0.0, self.clipped_count_stddev)
             fraction = min(1.0, max(0.0, centred / self.clients_per_round + 0.5))

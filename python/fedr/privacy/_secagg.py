@@ -6,16 +6,23 @@ them by example count, both through the protocol of
 encrypted Shamir shares, ChaCha20 masks, all from ``cryptography``). One round:
 
 - ``start_round`` (the server, before any client trains) fixes the round's
-  public parameters and runs key advertisement and key sharing: every client
-  object makes its keys and encrypted shares, the server routes them.
-- ``client_step`` (in the client's task, after training) quantizes the update
-  and returns only its masked vector, a :class:`MaskedInput`.
-- ``aggregate`` (the server) collects the masked vectors of the clients that
-  finished, asks those survivors for the shares that unmask them (b_u of the
-  survivors, s_u^SK of the dropped) and decodes the sum. Clients that dropped
-  after sharing keys (a non-finite update, a crash) are recovered as long as
-  at least ``threshold`` clients survive; with fewer, the round is refused
-  with a :class:`~fedr.errors.FedValueError` and the state is unchanged.
+  public parameters (:class:`RoundConfig`); the server side of the round holds
+  no secret of any client.
+- Stages before training, carried by the driver as messages
+  (``stages_before``): ``advertise`` (each client makes its keys *where it
+  runs* and sends its public keys) and ``share`` (each client sends its
+  encrypted Shamir shares; the server routes ciphertexts it cannot read). A
+  client's secrets stay in its *session*, which the carrier keeps where the
+  client runs (its thread's store, its Ray actor, its Flower node).
+- ``encode`` (in the client's task, after training) quantizes the update and
+  returns only its masked vector, a :class:`MaskedInput`.
+- A stage after training (``stages_after``): ``unmask``. The server asks the
+  clients whose masked vector arrived for the shares that unmask them (b_u of
+  the survivors, s_u^SK of the dropped); ``aggregate`` decodes the sum.
+  Clients that dropped after sharing keys (a non-finite update, a crash, no
+  answer) are recovered as long as at least ``threshold`` clients survive;
+  with fewer, the round is refused with a :class:`~fedr.errors.FedValueError`
+  and the state is unchanged.
 
 Fixed point. Each coordinate is clipped to [-clip_range, clip_range] and
 scaled by ``scale = M / clip_range`` with ``M = (2^(bits-1) - 1) // n`` for
@@ -44,7 +51,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,14 +60,17 @@ import numpy as np
 from fedr.aggregators import AggregateResult, Aggregator
 from fedr.errors import FedTypeError, FedValueError
 from fedr.privacy._secagg_protocol import (
+    AdvertiseKeys,
+    EncryptedShare,
     MaskedInput,
     RoundConfig,
     SecAggClient,
     SecAggServer,
-    run_setup,
+    UnmaskRequest,
+    UnmaskResponse,
 )
 
-__all__ = ["MaskedInput", "SecureMean", "SecureSum", "secure_mean", "secure_sum"]
+__all__ = ["MaskedInput", "SecureMean", "SecureSum", "SecureView", "secure_mean", "secure_sum"]
 
 NamedArrays = tuple[tuple[str, np.ndarray], ...]
 
@@ -94,32 +103,30 @@ def _integer(value: Any, name: str, low: int) -> int:
 
 @dataclass
 class SecureRound:
-    """One round's context: the server, the client objects (each with its own secrets), the encoding."""
+    """One round's server side: the public configuration, the server's routing and sums; no client's secret."""
 
     config: RoundConfig
     server: SecAggServer
-    clients: list[SecAggClient]
     client_ids: tuple[str, ...]
     clip_range: float
     scale: float
     seed_words: np.ndarray | None  # from the round's seed: stochastic rounding
-    positions: dict[str, list[int]] = field(default_factory=dict)
-    claimed: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    inbox: dict[int, tuple[EncryptedShare, ...]] = field(default_factory=dict)
+    responses: dict[int, UnmaskResponse] = field(default_factory=dict)
+    lost: dict[int, str] = field(default_factory=dict)  # position -> why the client left the protocol
     done: bool = False
 
-    def claim(self, client_id: str) -> SecAggClient:
-        """The client object of the next position of ``client_id`` not yet used (repeated ids: one each)."""
-        with self.lock:
-            slots = self.positions.get(client_id, [])
-            used = self.claimed.get(client_id, 0)
-            if used >= len(slots):
-                raise FedValueError(
-                    f"client '{client_id}': not in this secure round's clients, or it sent its masked "
-                    "update already"
-                )
-            self.claimed[client_id] = used + 1
-            return self.clients[slots[used]]
+
+@dataclass(frozen=True)
+class SecureView:
+    """What one client needs to encode its update (all public): its index, the round, its routed shares."""
+
+    index: int
+    config: RoundConfig
+    clip_range: float
+    scale: float
+    seed_words: np.ndarray | None
+    shares: tuple[EncryptedShare, ...]
 
     def rng(self, values: np.ndarray, extra: int) -> np.random.Generator:
         """Stochastic rounding's generator: from the round's seed and the values rounded."""
@@ -130,11 +137,21 @@ class SecureRound:
         return np.random.default_rng(np.random.SeedSequence([*self.seed_words.tolist(), *words.tolist(), extra]))
 
 
+@dataclass(frozen=True)
+class AdvertiseRequest:
+    """Stage ``advertise``, server -> client: the client's index (its Shamir point) and the round."""
+
+    index: int
+    config: RoundConfig
+
+
 class _Secure(Aggregator):
     """Shared part of secure_sum and secure_mean: the protocol and the fixed-point code."""
 
     averages_non_trainable = False
     _default_bits = 32
+    stages_before = ("advertise", "share")
+    stages_after = ("unmask",)
 
     def __init__(
         self,
@@ -229,11 +246,7 @@ class _Secure(Aggregator):
             graph_rng = np.random.default_rng(np.random.SeedSequence([*seed_words.tolist(), 1]))
         config = RoundConfig.build(n, threshold, self.bits, neighbors=self.neighbors, rng=graph_rng)
         self._check_round(n)
-        server, clients = run_setup(config)
-        positions: dict[str, list[int]] = {}
-        for i, cid in enumerate(ids):
-            positions.setdefault(cid, []).append(i)
-        return SecureRound(config, server, clients, ids, clip, self._scale(n, clip), seed_words, positions)
+        return SecureRound(config, SecAggServer(config), ids, clip, self._scale(n, clip), seed_words)
 
     def _check_round(self, n: int) -> None:
         if self._levels(n) < 1:
@@ -246,48 +259,117 @@ class _Secure(Aggregator):
             )
         return context
 
-    def _quantize(self, values: np.ndarray, ctx: SecureRound, rng: np.random.Generator) -> np.ndarray:
+    def _quantize(self, values: np.ndarray, view: SecureView, rng: np.random.Generator) -> np.ndarray:
         """Stochastic rounding of ``values * scale`` to int64 in [-M, M] (M: the round's levels)."""
-        scaled = values * ctx.scale
+        scaled = values * view.scale
         low = np.floor(scaled)
         up = rng.random(scaled.shape) < (scaled - low)
-        levels = self._levels(ctx.config.num_clients)
+        levels = self._levels(view.config.num_clients)
         # Within [-M, M] in exact arithmetic; the clip guards float64 rounding at the edges.
         return np.clip((low + up).astype(np.int64), -levels, levels)
 
-    def _encode(self, delta: np.ndarray, num_examples: int, ctx: SecureRound) -> np.ndarray:
+    def _encode(self, delta: np.ndarray, num_examples: int, view: SecureView) -> np.ndarray:
         raise NotImplementedError
 
-    def client_step(
-        self,
-        state: NamedArrays,
-        delta: np.ndarray,
-        *,
-        client_id: str = "",
-        num_examples: int = 0,
-        context: Any = None,
-    ) -> MaskedInput:
-        """Quantize and mask the client's update; only the masked vector leaves the client."""
+    # -- the stages: the server's side (requests, results) and the client's (client_stage)
+
+    def stage_requests(self, stage: str, context: Any, outputs: Sequence[Any] | None = None) -> dict[int, Any]:
+        """What the server sends each client position (0-based) in ``stage``: public messages only."""
         ctx = self._context(context)
-        client = ctx.claim(str(client_id))
+        if stage == "advertise":
+            return {i: AdvertiseRequest(i + 1, ctx.config) for i in range(ctx.config.num_clients)}
+        if stage == "share":
+            keys = tuple(ctx.server.keys[u] for u in sorted(ctx.server.keys))
+            return {u - 1: keys for u in sorted(ctx.server.keys)}
+        if stage == "unmask":
+            request = self._collect(outputs or (), ctx)
+            return {u - 1: request for u in request.survivors}
+        raise FedValueError(f"stage: {self!r} has no stage {stage!r}")
+
+    def stage_results(self, stage: str, context: Any, replies: dict[int, Any]) -> None:
+        """Take the clients' replies of ``stage`` (position -> reply, or a failure: that client dropped)."""
+        ctx = self._context(context)
+        good = {i: r for i, r in replies.items() if not _is_failure(r)}
+        for i, r in replies.items():
+            if _is_failure(r):
+                ctx.lost[i] = f"{stage}: {r.error}"
+        if stage == "advertise":
+            adverts = [r for r in good.values() if isinstance(r, AdvertiseKeys)]
+            try:
+                ctx.server.collect_keys(adverts)
+            except FedValueError as err:
+                raise self._refused(ctx, str(err)) from None
+        elif stage == "share":
+            batches = [r for r in good.values() if isinstance(r, tuple | list)]
+            ctx.inbox = {u: tuple(v) for u, v in ctx.server.route_shares(batches).items()}
+        elif stage == "unmask":
+            ctx.responses = {r.index: r for r in good.values() if isinstance(r, UnmaskResponse)}
+        else:
+            raise FedValueError(f"stage: {self!r} has no stage {stage!r}")
+
+    def client_stage(self, stage: str, payload: Any, session: SecAggClient | None) -> tuple[Any, Any]:
+        """The client's side of ``stage``: ``(session, reply)``; the session keeps the client's secrets."""
+        if stage == "advertise":
+            if not isinstance(payload, AdvertiseRequest):
+                raise FedValueError(f"stage advertise: expected an AdvertiseRequest, got {type(payload).__name__}")
+            session = SecAggClient(payload.index, payload.config)  # keys made here, where the client runs
+            return session, session.advertise()
+        if not isinstance(session, SecAggClient):
+            raise FedValueError(f"stage {stage}: this client has no secure-aggregation session of this round")
+        if stage == "share":
+            return session, tuple(session.share_keys(payload))
+        if stage == "unmask":
+            if not isinstance(payload, UnmaskRequest):
+                raise FedValueError(f"stage unmask: expected an UnmaskRequest, got {type(payload).__name__}")
+            return session, session.unmask(payload)
+        raise FedValueError(f"stage: {self!r} has no stage {stage!r}")
+
+    def client_view(self, state: NamedArrays, context: Any, client_id: str, position: int = -1) -> SecureView:
+        ctx = self._context(context)
+        if not 0 <= position < ctx.config.num_clients:
+            raise FedValueError(f"position: expected 0..{ctx.config.num_clients - 1}, got {position}")
+        u = position + 1
+        return SecureView(u, ctx.config, ctx.clip_range, ctx.scale, ctx.seed_words, ctx.inbox.get(u, ()))
+
+    def encode(self, view: Any, delta: np.ndarray, *, num_examples: int = 0, session: Any = None) -> MaskedInput:
+        """Quantize and mask the client's update with its session's keys; only the masked vector leaves the client."""
+        if not isinstance(view, SecureView):
+            raise FedValueError(f"view: expected this round's SecureView, got {type(view).__name__}")
+        if not isinstance(session, SecAggClient) or session.index != view.index:
+            raise FedValueError(
+                f"client {view.index}: no secure-aggregation session of this round where it runs (its keys "
+                "are made in the advertise stage on the client); it cannot mask its update"
+            )
         delta = np.asarray(delta)
         if delta.ndim != 1 or delta.dtype.kind != "f":
             raise FedValueError(f"delta: expected a float vector, got {delta.dtype} {delta.shape}")
-        encoded = self._encode(delta, int(num_examples), ctx)
+        if view.shares:
+            session.receive_shares(view.shares)
+        encoded = self._encode(delta, int(num_examples), view)
         # int64 -> two's complement modulo 2^bits
-        return client.mask(encoded.astype(np.uint64).astype(np.dtype(f"<u{self.bits // 8}")))
+        return session.mask(encoded.astype(np.uint64).astype(np.dtype(f"<u{self.bits // 8}")))
 
-    def _unmask(self, outputs: Sequence[Any], ctx: SecureRound) -> tuple[np.ndarray, dict[str, float]]:
-        """The server's side: the decoded signed sum (float64) of the survivors, and metrics."""
-        if not outputs:
-            raise FedValueError("outputs: expected at least one client output, got none")
+    def client_step(self, state: NamedArrays, delta: np.ndarray, **kwargs: Any) -> Any:
+        raise FedValueError(
+            f"{self!r}: a client's step needs its own session of the round's key stages (made where the client "
+            "runs); run rounds through a process (learning.build_weighted_fed_avg) or fedr.protocol.run_locally"
+        )
+
+    def _refused(self, ctx: SecureRound, why: str) -> FedValueError:
+        lost = "; ".join(f"{ctx.client_ids[i]} ({e})" for i, e in sorted(ctx.lost.items()))
+        return FedValueError(
+            f"secure aggregation: {why}; the masks cannot be removed, so the round is refused and the state "
+            f"is unchanged" + (f" (dropped: {lost})" if lost else "")
+        )
+
+    def _collect(self, outputs: Sequence[Any], ctx: SecureRound) -> UnmaskRequest:
+        """The server's side after training: check the masked vectors that arrived; whom to ask to unmask."""
         inputs = []
         for out in outputs:
             m = out.delta
             if not isinstance(m, MaskedInput):
                 raise FedTypeError(
-                    f"client '{out.client_id}': expected its masked update (from client_step), got "
-                    f"{type(m).__name__}"
+                    f"client '{out.client_id}': expected its masked update (from encode), got {type(m).__name__}"
                 )
             inputs.append(m)
         indices = [m.index for m in inputs]
@@ -296,7 +378,6 @@ class _Secure(Aggregator):
         server, config = ctx.server, ctx.config
         survivors = sorted(indices)
         names = [ctx.client_ids[u - 1] for u in survivors]
-        dropped = sorted(server.shared - set(survivors))
         missing = server.needs(survivors)
         if missing:
             if self.neighbors is None or self.neighbors >= config.num_clients - 1:
@@ -307,6 +388,7 @@ class _Secure(Aggregator):
                     f"only {have} clients of the neighbourhood of client '{ctx.client_ids[u - 1]}' "
                     f"(of {len(config.neighbors[u - 1]) + 1})"
                 )
+            dropped = sorted(set(range(1, config.num_clients + 1)) - set(survivors))
             raise FedValueError(
                 f"secure aggregation: {what} sent their masked update ({', '.join(names)}), fewer than "
                 f"the threshold {config.threshold}; the masks cannot be removed, so the round is refused "
@@ -314,17 +396,36 @@ class _Secure(Aggregator):
             )
         if ctx.done:
             raise FedValueError("context: this secure round was aggregated already; start a new round")
+        return server.collect_masked(inputs)
+
+    def _unmask(self, outputs: Sequence[Any], ctx: SecureRound) -> tuple[np.ndarray, dict[str, float]]:
+        """The server's side: the decoded signed sum (float64) of the survivors, and metrics."""
+        if not outputs:
+            raise FedValueError("outputs: expected at least one client output, got none")
+        if ctx.done:
+            raise FedValueError("context: this secure round was aggregated already; start a new round")
+        if not ctx.server.inputs:
+            raise FedValueError(
+                "secure aggregation: the unmask stage did not run (the server has no masked inputs); run rounds "
+                "through a process (learning.build_weighted_fed_avg) or fedr.protocol.run_locally"
+            )
+        try:
+            total = ctx.server.unmask(list(ctx.responses.values()))
+        except FedValueError as err:
+            raise self._refused(ctx, f"too few clients answered the unmask stage ({err})") from None
         ctx.done = True
-        request = server.collect_masked(inputs)
-        responses = [ctx.clients[u - 1].unmask(request) for u in request.survivors]
-        total = server.unmask(responses)
         signed = total.view(np.int32 if self.bits == 32 else np.int64).astype(np.float64)
+        survivors = set(ctx.server.inputs)
         metrics = {
             "secure_clients": float(len(survivors)),
-            "secure_dropped": float(len(dropped)),
-            "secure_threshold": float(config.threshold),
+            "secure_dropped": float(ctx.config.num_clients - len(survivors)),
+            "secure_threshold": float(ctx.config.threshold),
         }
         return signed, metrics
+
+
+def _is_failure(reply: Any) -> bool:
+    return hasattr(reply, "error") and hasattr(reply, "client_id") and not hasattr(reply, "delta")
 
 
 class SecureSum(_Secure):
@@ -332,9 +433,9 @@ class SecureSum(_Secure):
 
     is_sum = True  # differential privacy's inner sum
 
-    def _encode(self, delta: np.ndarray, num_examples: int, ctx: SecureRound) -> np.ndarray:
-        clipped = np.clip(delta.astype(np.float64), -ctx.clip_range, ctx.clip_range)
-        return self._quantize(clipped, ctx, ctx.rng(delta, 0))
+    def _encode(self, delta: np.ndarray, num_examples: int, view: SecureView) -> np.ndarray:
+        clipped = np.clip(delta.astype(np.float64), -view.clip_range, view.clip_range)
+        return self._quantize(clipped, view, view.rng(delta, 0))
 
     def aggregate(
         self,
@@ -372,14 +473,14 @@ class SecureMean(_Secure):
                 f"{self.bits} bits; use bits=64 or a lower max_examples"
             )
 
-    def _encode(self, delta: np.ndarray, num_examples: int, ctx: SecureRound) -> np.ndarray:
+    def _encode(self, delta: np.ndarray, num_examples: int, view: SecureView) -> np.ndarray:
         if not 0 < num_examples <= self.max_examples:
             raise FedValueError(
                 f"num_examples: {num_examples} is outside 1..max_examples = {self.max_examples} of {self!r}"
             )
-        clipped = np.clip(delta.astype(np.float64), -ctx.clip_range, ctx.clip_range)
+        clipped = np.clip(delta.astype(np.float64), -view.clip_range, view.clip_range)
         # |w x scale| <= max_examples clip_range scale = M: within [-M, M] as for the sum.
-        values = self._quantize(clipped * num_examples, ctx, ctx.rng(delta, num_examples))
+        values = self._quantize(clipped * num_examples, view, view.rng(delta, num_examples))
         return np.append(values, np.int64(num_examples))  # the weight's own, exact coordinate
 
     def aggregate(

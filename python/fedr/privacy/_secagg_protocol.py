@@ -251,6 +251,33 @@ class SecAggClient:
         self._own_shares: tuple[int, int] | None = None
         self._answered: tuple[int, ...] | None = None
 
+    def export(self) -> dict[str, object]:
+        """The client's whole state (its secrets included) as plain values, for a carrier that keeps it
+        between messages on the client's own machine (a Flower node's ``Context.state``); never send it."""
+        return {
+            "index": self.index, "config": self.config,
+            "cipher_key": self._cipher_key.private_bytes_raw(), "mask_key": self._mask_key.private_bytes_raw(),
+            "seed": self._seed, "peers": dict(self._peers), "received": dict(self._received),
+            "own_shares": self._own_shares, "answered": self._answered,
+        }
+
+    @classmethod
+    def restore(cls, data: Mapping[str, object]) -> SecAggClient:
+        """The client of :meth:`export`'s values."""
+        client = cls.__new__(cls)
+        client.index = int(data["index"])  # type: ignore[call-overload]
+        client.config = data["config"]  # type: ignore[assignment]
+        client._cipher_key = X25519PrivateKey.from_private_bytes(data["cipher_key"])  # type: ignore[arg-type]
+        client._mask_key = X25519PrivateKey.from_private_bytes(data["mask_key"])  # type: ignore[arg-type]
+        client._seed = bytes(data["seed"])  # type: ignore[arg-type]
+        client._peers = dict(data["peers"])  # type: ignore[call-overload]
+        client._received = dict(data["received"])  # type: ignore[call-overload]
+        own = data["own_shares"]
+        client._own_shares = None if own is None else (int(own[0]), int(own[1]))  # type: ignore[index]
+        answered = data["answered"]
+        client._answered = None if answered is None else tuple(answered)  # type: ignore[arg-type]
+        return client
+
     def advertise(self) -> AdvertiseKeys:
         """Round 0: the two public keys."""
         return AdvertiseKeys(

@@ -55,3 +55,37 @@ test_that("plot() uses ggplot2 when installed and base graphics otherwise; autop
   }
   expect_error(plot(history, engine = "lattice"), "`engine` must be one of", class = "fedr_error")
 })
+
+test_that("fed_fit() gives the rows of fedr.learning.fit() in Python for the same process, seed and data", {
+  skip_if_no_fedr()
+  clients <- small_clients()
+  test <- fed_split(fashion(), n_clients = 50, split = "test")[1:2]
+  process <- fed_averaging(fed_model(keras_model_fn()), fed_optimizer("sgd", 0.5), fed_optimizer("sgd", 5), seed = 1)
+  history <- fed_fit(process, clients, rounds = 6, clients_per_round = 2, validation_data = test, patience = 2, verbose = FALSE)
+  learning <- reticulate::import("fedr.learning", convert = FALSE)
+  py <- learning$fit(process$py, clients$py, 6L, clients_per_round = 2L, validation_data = test$py, patience = 2L)
+  rows <- reticulate::py_to_r(py$rows)
+  expect_identical(nrow(history), length(rows))
+  expect_setequal(names(history), names(rows[[1]])) # R puts the counts after the metrics
+  for (column in setdiff(names(history), "seconds")) {
+    expect_equal(as.double(history[[column]]), vapply(rows, function(r) as.double(r[[column]]), numeric(1)),
+                 tolerance = 1e-12, info = column)
+  }
+  expect_identical(attr(history, "best_round"), as.integer(reticulate::py_to_r(py$best_round)))
+  expect_identical(fed_weights(history), fed_weights(new_fed_state(py$state)))
+  # The loop's line is Python's round_line(), printed by R.
+  line <- testthat::capture_messages(fed_fit(process, clients, rounds = 1))
+  expect_match(line, "^round   1  accuracy 0\\.\\d{4}  loss \\d\\.\\d{4}  \\(\\d+\\.\\d{2} s\\)\n$")
+})
+
+test_that("an empty Poisson sample skips its round with a fedr_warning", {
+  skip_if_no_fedr()
+  clients <- small_clients()
+  sample_of <- function(seed, round) fed_sample_clients(clients, 1, seed = seed, round = round, method = "poisson")
+  seed <- Find(function(s) !is.null(sample_of(s, 1)) && is.null(sample_of(s, 2)) && !is.null(sample_of(s, 3)), 0:200)
+  process <- fed_averaging(fed_model(keras_model_fn()), fed_optimizer("sgd", 0.02), seed = 1)
+  expect_warning(history <- fed_fit(process, clients, rounds = 3, clients_per_round = 1, sampling = "poisson",
+                                    seed = seed, verbose = FALSE),
+                 "^Round 2 sampled no client \\(Poisson sampling\\); it was skipped\\.$", class = "fedr_warning")
+  expect_identical(history$round, 1:2)
+})

@@ -95,9 +95,12 @@ test_that("Flower functions check their arguments in R, naming them", {
   expect_error(fed_flower_run(process, rounds = 0, superlink = "127.0.0.1:9"), "`rounds`", class = "fedr_error_input")
   expect_error(fed_flower_run(process, rounds = 1, superlink = "127.0.0.1:9", fraction = 2), "`fraction`",
                class = "fedr_error_input")
-  expect_error(fed_flower_run(fed_averaging(tabular_model(), fed_optimizer("sgd", 0.5), aggregator = fed_aggregator_secure_mean()),
-                              rounds = 1, superlink = "127.0.0.1:9"),
-               "secure aggregation needs extra rounds of messages", class = "fedr_error")
+  secure <- fed_averaging(tabular_model(), fed_optimizer("sgd", 0.5), aggregator = fed_aggregator_secure_mean())
+  expect_error(fed_flower_run(secure, rounds = 1, superlink = "127.0.0.1:9", trusted_server = TRUE),
+               "^`trusted_server`: secure_mean\\(.*\\) is secure aggregation, whose keys and masking must stay on the nodes",
+               class = "fedr_error_input")
+  expect_error(fed_flower_run(process, rounds = 1, superlink = "127.0.0.1:9", trusted_server = NA),
+               "`trusted_server`", class = "fedr_error_input")
   refused <- "`root_certificates`: connecting to the SuperLink at 10.1.2.3:9092 without TLS is refused"
   expect_error(fed_flower_node(data.frame(a = 1:2, label = 0:1), "10.1.2.3:9092"), refused, class = "fedr_error_input")
   expect_error(fed_flower_run(process, rounds = 1, superlink = "10.1.2.3:9092", verbose = FALSE), refused,

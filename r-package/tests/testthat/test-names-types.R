@@ -38,3 +38,27 @@ test_that("federated_sum keeps integers integer, refuses overflow and zero clien
   err <- expect_error(federated_sum(list()), class = "fedr_error")
   expect_match(conditionMessage(err), "zero clients", fixed = TRUE)
 })
+
+test_that("an R error names the R argument from the argument the Python error carries, not from its text", {
+  skip_if_no_fedr()
+  raise <- reticulate::py_run_string(paste(
+    "from fedr.errors import FedValueError",
+    "def raise_about(argument):",
+    "    raise FedValueError('the sample is larger than the population', argument=argument)",
+    sep = "\n"
+  ), convert = FALSE)$raise_about
+  err <- expect_error(fedr:::fedr_call(raise("clients_per_round"), arg = c(clients_per_round = "n_sampled", "seed")),
+                      class = "fedr_error_input")
+  expect_identical(err$arg, "n_sampled")
+  expect_identical(conditionMessage(err), "`n_sampled`: the sample is larger than the population")
+  # A message that starts with the name: the name is not repeated.
+  rounds <- reticulate::py_run_string(paste(
+    "from fedr.errors import FedValueError",
+    "def bad():",
+    "    raise FedValueError('rounds: expected a positive integer, got 0')",
+    sep = "\n"
+  ), convert = FALSE)$bad
+  err <- expect_error(fedr:::fedr_call(rounds(), arg = c(rounds = "n_rounds", "seed")), class = "fedr_error")
+  expect_identical(err$arg, "n_rounds")
+  expect_identical(conditionMessage(err), "`n_rounds`: expected a positive integer, got 0")
+})

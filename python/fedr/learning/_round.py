@@ -1,0 +1,90 @@
+"""A round's plain records (plan, remote job, output) and its local carrier of message stages.
+
+Split from :mod:`fedr.learning.process`, which composes them; see
+:mod:`fedr.protocol` for the messages themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from fedr import _seeds
+from fedr.aggregators import Aggregator
+from fedr.datasets import ClientData
+from fedr.errors import FedWarning
+from fedr.learning.state import ModelWeights, ServerState
+from fedr.protocol.messages import ClientFailure
+
+__all__ = [
+    "ClientsDroppedWarning", "ClientsFailedWarning", "LearningProcessOutput", "RoundJob", "RoundPlan",
+    "combine_metrics",
+]
+
+
+class ClientsDroppedWarning(FedWarning):
+    """Some clients of a round were left out of the aggregate (their update was not finite)."""
+
+
+class ClientsFailedWarning(FedWarning):
+    """Some clients of a round failed (raised, died or did not answer in time) and were left out."""
+
+
+class RoundJob(NamedTuple):
+    """What a remote executor needs to run a round's client updates (all of it picklable, none of it secret)."""
+
+    spec: Any  # fedr.learning.model.ModelSpec
+    optimizer: dict[str, Any]  # the client optimizer's Keras config
+    local_epochs: int
+    weights: ModelWeights
+    flat: np.ndarray
+    clients: list[ClientData]
+    seeds: list[np.random.SeedSequence]
+    aggregator: Aggregator
+    views: list[Any]  # the aggregator's public view of each client
+    lost: dict[int, ClientFailure]  # clients that dropped out in a stage before training (by position)
+    round_key: str | None  # where the executor keeps the clients' sessions of this round (None: no stages)
+    task: Any  # the client task the carrier runs (ClientTask)
+
+
+class RoundPlan(NamedTuple):
+    """A started round (:meth:`FedAvgProcess.begin_round`): what its clients need and what finishing it needs."""
+
+    state: ServerState
+    round_num: int
+    client_ids: tuple[str, ...]
+    seeds: tuple[np.random.SeedSequence, ...]
+    context: Any
+
+
+class LearningProcessOutput(NamedTuple):
+    """What ``next`` returns: the new state and the round's training metrics."""
+
+    state: ServerState
+    metrics: dict[str, float]
+
+
+def combine_metrics(names: list[str], per_client: Sequence[tuple[np.ndarray, float, int]]) -> dict[str, float]:
+    """Example-weighted mean of client metrics; the loss over all examples."""
+    counts = np.array([c for _, _, c in per_client], dtype=np.float64)
+    total = counts.sum()
+    metrics = np.stack([m for m, _, _ in per_client]) if names else np.zeros((len(counts), 0))
+    out: dict[str, Any] = {name: float(counts @ metrics[:, i] / total) for i, name in enumerate(names)}
+    out["loss"] = float(sum(s for _, s, _ in per_client) / total)
+    out["num_examples"] = int(total)
+    out["num_clients"] = len(per_client)
+    return out
+
+
+def _client_seeds(base: int, round_num: int, client_ids: Sequence[str]) -> list[np.random.SeedSequence]:
+    """Each client's seed, keyed by the server (HMAC of round, client id, repeat); a repeated id counts its repeats."""
+    key = _seeds.server_key(base)
+    seen: dict[str, int] = {}
+    seeds = []
+    for client_id in client_ids:
+        repeat = seen.get(client_id, 0)
+        seen[client_id] = repeat + 1
+        seeds.append(_seeds.client_seed(key, round_num, client_id, repeat))
+    return seeds
