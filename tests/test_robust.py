@@ -26,7 +26,7 @@ from fedr.aggregators import (
     trimmed_mean,
     trimmed_mean_numpy,
 )
-from fedr.aggregators import _robust
+from fedr.aggregators import _robust_math as _robust  # the kernels and their numpy references
 from fedr.errors import FedTypeError, FedValueError
 
 BACKENDS: list[Backend] = ["kernel", "numpy"]

@@ -357,7 +357,7 @@ def test_fedavg_round_with_secure_mean_equals_the_plain_mean(nan_client):
 
 
 def test_secure_sum_as_the_inner_sum_of_differential_privacy():
-    privacy = pytest.importorskip("fedr.privacy._dp")
+    privacy = pytest.importorskip("fedr.privacy")
     clients = _clients()
     results = []
     for inner in (aggregators.sum(), secure_sum(clip_range=0.5)):

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1] / "python" / "fedr"
 # Layer of each unit: a unit may import units of its own layer or lower ones.
 LAYERS: dict[str, int] = {
     # the bottom: errors, shared internals, the protocol, computations, datasets
-    "errors": 0, "_seeds": 0, "_tf_quiet": 0, "_kernels": 0, "_weights": 0, "_env": 0,
+    "errors": 0, "_seeds": 0, "_tf_quiet": 0, "_kernels": 0, "_weights": 0, "_env": 0, "_values": 0, "_operators": 0,
     "protocol": 0, "computations": 0, "_idx": 0, "_client_data": 0, "datasets": 0, "rdata": 0,
     # above the datasets
     "aggregators": 1, "privacy": 1, "executors": 1,

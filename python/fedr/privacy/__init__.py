@@ -11,7 +11,8 @@ Each is an aggregator, passed as ``build_weighted_fed_avg(..., aggregator=)``.
 """
 
 from fedr.privacy._accounting import SAMPLINGS, epsilon
-from fedr.privacy._dp import ClippedUpdate, ClipView, GaussianDP, check_sampling, gaussian_adaptive, gaussian_fixed
+from fedr.privacy._dp import ClippedUpdate, ClipView, GaussianDP
+from fedr.privacy._dp_api import check_sampling, gaussian_adaptive, gaussian_fixed
 from fedr.privacy._noise import ReproducibleNoiseWarning
 from fedr.privacy._secagg import AdvertiseRequest, MaskedInput, SecureMean, SecureSum, SecureView, secure_mean, secure_sum
 from fedr.privacy._secagg_protocol import (

@@ -49,10 +49,8 @@ Non-trainable variables (BatchNorm statistics) are not aggregated.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,7 +59,6 @@ from fedr.aggregators import AggregateResult, Aggregator
 from fedr.errors import FedTypeError, FedValueError
 from fedr.privacy._secagg_protocol import (
     AdvertiseKeys,
-    EncryptedShare,
     MaskedInput,
     RoundConfig,
     SecAggClient,
@@ -69,80 +66,11 @@ from fedr.privacy._secagg_protocol import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from fedr.privacy._secagg_round import AdvertiseRequest, SecureRound, SecureView, _MAJORITY, _integer, _is_failure, _positive  # noqa: F401 - split out, names kept here
 
 __all__ = ["MaskedInput", "SecureMean", "SecureSum", "SecureView", "secure_mean", "secure_sum"]
 
 NamedArrays = tuple[tuple[str, np.ndarray], ...]
-
-
-def _positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise FedTypeError(f"{name}: expected a positive number, got {value!r}")
-    if not (math.isfinite(float(value)) and float(value) > 0):
-        raise FedValueError(f"{name}: expected a positive finite number, got {value!r}")
-    return float(value)
-
-
-# Why a threshold must be a majority (Bonawitz et al. 2017, section 4): every
-# surviving client reveals, for each other client, the share of its self mask
-# or that of its mask key, never both; two disjoint groups of t clients exist
-# only when t <= n/2, and a server that told each group a different story
-# about who dropped would learn both secrets of a client, hence its update.
-_MAJORITY = (
-    "secure aggregation needs t > n/2 survivors (Bonawitz et al. 2017): with t <= n/2 two disjoint "
-    "groups of t clients could each be asked for one of a client's two secrets, and the server "
-    "would unmask that client's update"
-)
-
-
-def _integer(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise FedValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-@dataclass
-class SecureRound:
-    """One round's server side: the public configuration, the server's routing and sums; no client's secret."""
-
-    config: RoundConfig
-    server: SecAggServer
-    client_ids: tuple[str, ...]
-    clip_range: float
-    scale: float
-    seed_words: np.ndarray | None  # from the round's seed: stochastic rounding
-    inbox: dict[int, tuple[EncryptedShare, ...]] = field(default_factory=dict)
-    responses: dict[int, UnmaskResponse] = field(default_factory=dict)
-    lost: dict[int, str] = field(default_factory=dict)  # position -> why the client left the protocol
-    done: bool = False
-
-
-@dataclass(frozen=True)
-class SecureView:
-    """What one client needs to encode its update (all public): its index, the round, its routed shares."""
-
-    index: int
-    config: RoundConfig
-    clip_range: float
-    scale: float
-    seed_words: np.ndarray | None
-    shares: tuple[EncryptedShare, ...]
-
-    def rng(self, values: np.ndarray, extra: int) -> np.random.Generator:
-        """Stochastic rounding's generator: from the round's seed and the values rounded."""
-        if self.seed_words is None:
-            return np.random.default_rng()
-        digest = hashlib.sha256(np.ascontiguousarray(values).tobytes()).digest()
-        words = np.frombuffer(digest, dtype="<u4")
-        return np.random.default_rng(np.random.SeedSequence([*self.seed_words.tolist(), *words.tolist(), extra]))
-
-
-@dataclass(frozen=True)
-class AdvertiseRequest:
-    """Stage ``advertise``, server -> client: the client's index (its Shamir point) and the round."""
-
-    index: int
-    config: RoundConfig
 
 
 class _Secure(Aggregator):
@@ -424,10 +352,6 @@ class _Secure(Aggregator):
         return signed, metrics
 
 
-def _is_failure(reply: Any) -> bool:
-    return hasattr(reply, "error") and hasattr(reply, "client_id") and not hasattr(reply, "delta")
-
-
 class SecureSum(_Secure):
     """The sum of the clients' updates under secure aggregation (see :func:`secure_sum`)."""
 
@@ -506,95 +430,4 @@ class SecureMean(_Secure):
         )
 
 
-_ARGS_DOC = """
-    Args:
-        clip_range: Each coordinate is clipped to [-clip_range, clip_range]
-            before quantization; choose it above the largest coordinate of an
-            update (under DP, the L2 clip bounds every coordinate).
-        bits: 32 or 64: sums are modulo 2^bits. Fixed point with
-            M = (2^(bits-1) - 1) // n levels per client for n clients, so the
-            sum cannot overflow.
-        threshold: How many clients must survive (send their masked update)
-            to unmask the sum; more than half of the round's n clients
-            (t > n/2, Bonawitz et al. 2017: with t <= n/2 the server could
-            learn both secrets of a client from two disjoint groups and
-            unmask its update), so a round with t <= n/2 is refused. An int
-            >= 2, a fraction of the round's clients in (0.5, 1], or None for
-            ceil(2n/3) (at least 2): up to a third of the
-            clients may drop; the server with fewer than ``threshold`` clients
-            colluding learns nothing more than the sum (Bonawitz et al. 2017,
-            Theorem 6.3). With ``neighbors``, n is the neighbourhood's size.
-        neighbors: None (default) masks every pair of clients: O(n^2) masks
-            per round. An even k builds a k-regular graph over a random order
-            of the round's clients (SecAgg+, Bell et al. 2020): each client
-            masks with and shares to its k neighbours only, O(n k) work; the
-            threshold then applies to each client and its neighbours.
-"""
-
-
-def secure_sum(
-    *,
-    clip_range: float = 1.0,
-    bits: int = 32,
-    threshold: int | float | None = None,
-    neighbors: int | None = None,
-) -> SecureSum:
-    """The sum of the clients' updates, computed by secure aggregation (Bonawitz et al. 2017).
-
-    The server learns only the (unweighted) sum: each client sends its update
-    quantized and masked with pairwise masks that cancel in the sum and a self
-    mask the survivors help remove. Clients that drop after sharing keys are
-    recovered while at least ``threshold`` survive. Pass it as the ``inner``
-    sum of :func:`fedr.privacy.gaussian_fixed` or
-    :func:`fedr.privacy.gaussian_adaptive`; on its own, FedAvg would apply the
-    sum, not a mean (use :func:`secure_mean`).
-
-    The result is within n^2 clip_range / (2^(bits-1) - 1) of the sum of the
-    clipped updates per coordinate (stochastic rounding; n clients).
-    {args}
-    Returns:
-        An :class:`~fedr.aggregators.Aggregator` reporting ``secure_clients``
-        (survivors), ``secure_dropped`` and ``secure_threshold``.
-
-    Raises:
-        FedValueError: an argument out of range; at a round, fewer than 2
-            clients or a threshold not above half of them, or (in
-            ``aggregate``) fewer survivors than the threshold.
-    """
-    return SecureSum(clip_range=clip_range, bits=bits, threshold=threshold, neighbors=neighbors)
-
-
-def secure_mean(
-    *,
-    clip_range: float = 1.0,
-    bits: int = 64,
-    threshold: int | float | None = None,
-    neighbors: int | None = None,
-    max_examples: int = 2**24,
-) -> SecureMean:
-    """The example-weighted mean of the clients' updates under secure aggregation, FedAvg's mean.
-
-    Each client sends ``num_examples * update`` and ``num_examples`` (an exact
-    coordinate of its own) through the secure sum; the server divides the two
-    sums, so it learns only the total of the weighted updates and the total
-    number of examples. See :func:`secure_sum` for the protocol.
-    {args}
-        max_examples: The most examples any client may report in a round (a
-            client above it fails the round); it bounds the fixed point:
-            resolution clip_range * max_examples / M per example.
-
-    Returns:
-        An :class:`~fedr.aggregators.Aggregator` reporting ``secure_clients``,
-        ``secure_dropped``, ``secure_threshold`` and ``secure_num_examples``.
-
-    Raises:
-        FedValueError: as :func:`secure_sum`, and when ``max_examples`` times
-            the round's clients does not fit in ``bits``.
-    """
-    return SecureMean(
-        clip_range=clip_range, bits=bits, threshold=threshold, neighbors=neighbors, max_examples=max_examples
-    )
-
-
-secure_sum.__doc__ = (secure_sum.__doc__ or "").replace("{args}", _ARGS_DOC.rstrip() + "\n")
-secure_mean.__doc__ = (secure_mean.__doc__ or "").replace("{args}", _ARGS_DOC.rstrip())
+from fedr.privacy._secagg_api import secure_mean, secure_sum  # noqa: E402, F401 - split out, names kept here
