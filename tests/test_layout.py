@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "module_graph.py"
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "module_graph.py"
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,18 @@ def test_check_command_passes_and_prints_the_graph():
     assert done.returncode == 0, done.stderr
     assert "  [0] rdata -> _client_data, errors\n" in done.stdout
     assert "\ncycles: none\nupward arrows: none\nprivate cross-package imports: none\n" in done.stdout
+
+
+def test_the_protocol_and_the_wire_code_import_no_tensorflow():
+    code = (
+        "import sys\n"
+        "import fedr.protocol, fedr.learning, fedr.learning.state, fedr.privacy, fedr.aggregators, fedr.executors\n"
+        "import importlib.util as u\n"
+        f"for path in {[str(ROOT / 'python/fedr/flower/_messages.py'), str(ROOT / 'python/fedr/flower/_codec.py')]!r}:\n"
+        "    spec = u.spec_from_file_location('wire', path)\n"  # the modules alone, not the flower package's imports
+        "    spec.loader.exec_module(u.module_from_spec(spec))\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -41,7 +41,7 @@ def fit_with_warnings(*args: Any, **kwargs: Any) -> tuple[Any, Any, list[str]]:
     ``warnings`` are the fedr warnings' messages, for R to signal. Other
     errors (bad arguments) are raised.
     """
-    from fedr.learning.fit import FitError, FitInterrupted, fit
+    from fedr.learning import FitError, FitInterrupted, fit
 
     error: BaseException | None = None
     with warnings.catch_warnings(record=True) as caught:

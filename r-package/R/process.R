@@ -359,7 +359,7 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients
   restore_best <- check_flag(restore_best, "restore_best")
   seed <- as_seed(seed)
   start <- if (is.null(state)) NULL else as_state(state)
-  fit <- fedr_module("fedr.learning.fit")
+  fit <- fedr_module("fedr.learning")
   # The finished rounds as R sees them, for an interrupt that reaches R rather than Python.
   seen <- new.env(parent = emptyenv())
   seen$rows <- list()
