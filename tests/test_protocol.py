@@ -174,3 +174,12 @@ def test_under_a_secure_inner_sum_nothing_of_a_client_travels_outside_its_masked
     assert got.metrics["dp_unclipped_fraction"] == want.metrics["dp_unclipped_fraction"]
     assert dict(got.state)["clip"] == dict(want.state)["clip"]
     np.testing.assert_allclose(got.update, want.update, atol=1e-6)
+
+
+def test_run_locally_refuses_updates_that_do_not_match_the_clients():
+    agg = privacy.secure_sum()
+    with pytest.raises(ValueError, match=r"^deltas: expected one update \(and count\) per client of the 3 client_ids, "
+                                         r"got 2 updates$"):
+        protocol.run_locally(agg, agg.init(), ["a", "b", "c"], [np.zeros(2, np.float32)] * 2)
+    with pytest.raises(ValueError, match="of the 0 client_ids"):
+        protocol.run_locally(agg, agg.init(), [], [])

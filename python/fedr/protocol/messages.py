@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from fedr.errors import FedValueError
+
 __all__ = ["ClientFailure", "ClientOutput", "carry_stage", "describe_error", "run_locally"]
 
 
@@ -107,6 +109,11 @@ def run_locally(
         ``(aggregate result, the outputs sent, the round's context)``.
     """
     n = len(client_ids)
+    if not n or len(deltas) != n or (counts is not None and len(counts) != n):
+        raise FedValueError(
+            f"deltas: expected one update (and count) per client of the {n} client_ids, got {len(deltas)} updates"
+            + ("" if counts is None else f" and {len(counts)} counts")
+        )
     counts = list(counts) if counts is not None else [1] * n
     sessions = {} if sessions is None else sessions
     context = aggregator.start_round(state, list(client_ids), seed=seed)
