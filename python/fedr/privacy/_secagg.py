@@ -66,7 +66,8 @@ from fedr.privacy._secagg_protocol import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedr.privacy._secagg_round import AdvertiseRequest, SecureRound, SecureView, _MAJORITY, _integer, _is_failure, _positive  # noqa: F401 - split out, names kept here
+from fedr.protocol.messages import ClientFailure
+from fedr.privacy._secagg_round import AdvertiseRequest, SecureRound, SecureView, _MAJORITY, _integer, _positive  # noqa: F401 - split out, names kept here
 
 __all__ = ["MaskedInput", "SecureMean", "SecureSum", "SecureView", "secure_mean", "secure_sum"]
 
@@ -217,23 +218,28 @@ class _Secure(Aggregator):
     def stage_results(self, stage: str, context: Any, replies: dict[int, Any]) -> None:
         """Take the clients' replies of ``stage`` (position -> reply, or a failure: that client dropped)."""
         ctx = self._context(context)
-        good = {i: r for i, r in replies.items() if not _is_failure(r)}
+        expected = {"advertise": AdvertiseKeys, "share": tuple | list, "unmask": UnmaskResponse}.get(stage)
+        if expected is None:
+            raise FedValueError(f"stage: {self!r} has no stage {stage!r}")
+        good = {}
         for i, r in replies.items():
-            if _is_failure(r):
+            # A failure, or a reply that is not this stage's message: that client drops out, named.
+            if isinstance(r, ClientFailure):
                 ctx.lost[i] = f"{stage}: {r.error}"
+            elif not isinstance(r, expected):
+                ctx.lost[i] = f"{stage}: a reply of {type(r).__name__}, not this stage's message"
+            else:
+                good[i] = r
         if stage == "advertise":
-            adverts = [r for r in good.values() if isinstance(r, AdvertiseKeys)]
+            adverts = list(good.values())
             try:
                 ctx.server.collect_keys(adverts)
             except FedValueError as err:
                 raise self._refused(ctx, str(err)) from None
         elif stage == "share":
-            batches = [r for r in good.values() if isinstance(r, tuple | list)]
-            ctx.inbox = {u: tuple(v) for u, v in ctx.server.route_shares(batches).items()}
-        elif stage == "unmask":
-            ctx.responses = {r.index: r for r in good.values() if isinstance(r, UnmaskResponse)}
+            ctx.inbox = {u: tuple(v) for u, v in ctx.server.route_shares(list(good.values())).items()}
         else:
-            raise FedValueError(f"stage: {self!r} has no stage {stage!r}")
+            ctx.responses = {r.index: r for r in good.values()}
 
     def client_stage(self, stage: str, payload: Any, session: SecAggClient | None) -> tuple[Any, Any]:
         """The client's side of ``stage``: ``(session, reply)``; the session keeps the client's secrets."""

@@ -81,7 +81,3 @@ class AdvertiseRequest:
 
     index: int
     config: RoundConfig
-
-
-def _is_failure(reply: Any) -> bool:
-    return hasattr(reply, "error") and hasattr(reply, "client_id") and not hasattr(reply, "delta")
