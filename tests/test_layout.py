@@ -81,15 +81,14 @@ def test_check_command_passes_and_prints_the_graph():
     assert "\ncycles: none\nupward arrows: none\nprivate cross-package imports: none\n" in done.stdout
 
 
-def test_the_protocol_and_the_wire_code_import_no_tensorflow():
+def test_the_protocol_the_wire_code_and_the_clientapp_import_no_tensorflow():
+    # fedr.flower.clientapp is what Flower imports for every message a node gets (issue 20).
     code = (
         "import sys\n"
         "import fedr.protocol, fedr.learning, fedr.learning.state, fedr.privacy, fedr.aggregators, fedr.executors\n"
-        "import importlib.util as u\n"
-        f"for path in {[str(ROOT / 'python/fedr/flower/_messages.py'), str(ROOT / 'python/fedr/flower/_codec.py')]!r}:\n"
-        "    spec = u.spec_from_file_location('wire', path)\n"  # the modules alone, not the flower package's imports
-        "    spec.loader.exec_module(u.module_from_spec(spec))\n"
-        "print('tensorflow' in sys.modules)\n"
+        "import fedr.flower, fedr.flower._messages, fedr.flower._codec, fedr.flower.clientapp, fedr.flower._worker\n"
+        "import fedr.flower.apps\n"
+        "print('tensorflow' in sys.modules or 'keras' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -23,28 +23,46 @@ From R: ``fed_flower_superlink()``, ``fed_flower_node()``, ``fed_flower_run()``.
 The app under ``examples/flower/`` shows a Flower app of your own.
 """
 
-from fedr.flower._credentials import make_certificates, make_node_key
-from fedr.flower._launch import FlowerProcess, check_tls, free_port, superlink, supernode
-from fedr.flower._run import FlowerRoundWarning, FlowerRun, FlowerSeedWarning, check_run_target, progress_line, run
-from fedr.flower._node import load_node_data
-from fedr.flower._checks import check_flower_aggregator
-from fedr.flower._strategy import FedrStrategy
+from __future__ import annotations
 
-__all__ = [
-    "FedrStrategy",
-    "FlowerProcess",
-    "FlowerRoundWarning",
-    "FlowerSeedWarning",
-    "FlowerRun",
-    "check_flower_aggregator",
-    "check_run_target",
-    "check_tls",
-    "free_port",
-    "load_node_data",
-    "make_certificates",
-    "make_node_key",
-    "progress_line",
-    "run",
-    "superlink",
-    "supernode",
-]
+import importlib
+import importlib.util
+from typing import Any
+
+# Loaded on first use (PEP 562): a node's per-message ClientApp imports
+# fedr.flower.clientapp, and must not pay for the ServerApp's TensorFlow.
+_OWNERS: dict[str, str] = {
+    "FedrStrategy": "fedr.flower._strategy",
+    "FlowerProcess": "fedr.flower._launch",
+    "FlowerRoundWarning": "fedr.flower._run",
+    "FlowerRun": "fedr.flower._run",
+    "FlowerSeedWarning": "fedr.flower._run",
+    "check_flower_aggregator": "fedr.flower._checks",
+    "check_run_target": "fedr.flower._run",
+    "check_tls": "fedr.flower._launch",
+    "free_port": "fedr.flower._launch",
+    "load_node_data": "fedr.flower._node",
+    "make_certificates": "fedr.flower._credentials",
+    "make_node_key": "fedr.flower._credentials",
+    "progress_line": "fedr.flower._run",
+    "run": "fedr.flower._run",
+    "superlink": "fedr.flower._launch",
+    "supernode": "fedr.flower._launch",
+}
+
+__all__ = sorted(_OWNERS)
+
+
+def __getattr__(name: str) -> Any:
+    owner = _OWNERS.get(name)
+    if owner is None:
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return importlib.import_module(f"{__name__}.{name}")  # a submodule: fedr.flower.apps
+    value = getattr(importlib.import_module(owner), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_OWNERS))

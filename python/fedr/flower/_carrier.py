@@ -37,9 +37,13 @@ class FlowerCarrier:
         aggregator_json: The aggregator as JSON (what the nodes rebuild).
         round_num: The fedr round (the nodes refuse a stage of another round).
         timeout: Seconds each stage waits for its replies.
+        final_stage: The stage whose message is the nodes' last of the run
+            (marked :data:`~fedr.flower._messages.FINAL`: the node's worker stops after it), or None.
     """
 
-    def __init__(self, grid: Any, nodes: Sequence[int], aggregator_json: str, round_num: int, timeout: float) -> None:
+    def __init__(self, grid: Any, nodes: Sequence[int], aggregator_json: str, round_num: int, timeout: float,
+                 final_stage: str | None = None) -> None:
+        self.final_stage = final_stage
         self.grid = grid
         self.nodes = list(nodes)
         self.aggregator_json = aggregator_json
@@ -56,6 +60,8 @@ class FlowerCarrier:
             by_node[node] = position
             record = ConfigRecord({"stage": stage, "round": self.round_num, "aggregator": self.aggregator_json,
                                    "payload": _codec.to_text(requests[position])})
+            if stage == self.final_stage:
+                record[wire.FINAL] = True
             messages.append(Message(RecordDict({wire.STAGE: record}), dst_node_id=node, message_type=STAGE_MESSAGE))
         replies: dict[int, Any] = {}
         for reply in self.grid.send_and_receive(messages, timeout=self.timeout) if messages else []:

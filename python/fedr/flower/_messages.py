@@ -27,6 +27,8 @@ METRICS = "metrics"  # MetricRecord: a node's counts and metrics
 FAILURE = "failure"  # ConfigRecord: why a node could not do its part
 DESCRIBE = "describe"  # ConfigRecord: a node's client id and example count
 SENT = "sent"  # ConfigRecord: what wraps the update a node's client step sent (DP's bit, a masked vector's index)
+#: Key of a message's CONFIG or STAGE record: the node's last message of the run (its worker stops after it).
+FINAL = "fedr-final"
 STAGE = "stage"  # ConfigRecord: a protocol stage's name, round and payload (server -> node) or reply (node -> server)
 
 _T, _N = "trainable:", "non_trainable:"

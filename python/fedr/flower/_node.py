@@ -1,4 +1,4 @@
-"""A node's side of a fedr federation: its data from the node config, and the ClientApp's handlers.
+"""A node's side of a fedr federation: its data from the node config, and what it answers to each message.
 
 A SuperNode is started with a node config that says where its data is
 (``flower-supernode --node-config "data='/data/site_a.rds'"``); no Python code
@@ -10,6 +10,10 @@ for (DP's clipping, secure aggregation's masking: :func:`train_records`) and
 replies with what that step returns, or with a failure that names what went
 wrong. Secure aggregation's stages (:func:`stage_records`) keep the node's
 keys in the ClientApp's ``Context.state`` between messages, on the node.
+These functions run in the node's long-lived worker (:mod:`fedr.flower._worker`),
+to which fedr's thin ClientApp (:mod:`fedr.flower.clientapp`) hands each
+message, so the data read, the model built and traced and the aggregator
+rebuilt here are kept between the messages of a run.
 
 Node config keys:
 
@@ -34,6 +38,11 @@ Node config keys:
 ``eval-data``
     Optional held-out data for federated evaluation, in any of the same
     formats (default: the node evaluates on ``data``).
+``worker-idle``
+    Seconds the node's worker waits for a message before it stops (default 600).
+``worker``
+    ``"on"`` (default) or ``"off"``: run each message in the ClientApp's own
+    process (it then imports TensorFlow for every message; for debugging).
 """
 
 from __future__ import annotations
@@ -251,7 +260,8 @@ def _aggregator(text: str) -> Any:
 
 # The node's round state of a protocol with stages (secure aggregation): in the
 # ClientApp's Context.state, which the SuperNode keeps on this machine between
-# the messages of a run (each message runs in a fresh ClientApp process). It
+# the messages of a run (each message runs in a fresh ClientApp process, which
+# hands it to the node's worker with this state and keeps what comes back). It
 # holds the client's secrets; they never go into a reply.
 SESSION = "fedr-session"
 
@@ -398,29 +408,3 @@ def evaluate_records(content: Mapping[str, Any], node_config: Mapping[str, Any])
         return wire.evaluation_reply(metrics, loss_sum, count)
     except Exception as err:  # noqa: BLE001
         return {wire.FAILURE: ConfigRecord({"client-id": _reported_id(node_config), "error": describe_error(err)})}
-
-
-def _reply(msg: Any, records: dict[str, Any]) -> Any:
-    from flwr.app import Message, RecordDict
-
-    return Message(RecordDict(records), reply_to=msg)
-
-
-def describe(msg: Any, context: Any) -> Any:
-    """ClientApp query handler: :func:`describe_records`."""
-    return _reply(msg, describe_records(context.node_config))
-
-
-def train(msg: Any, context: Any) -> Any:
-    """ClientApp train handler: :func:`train_records`."""
-    return _reply(msg, train_records(msg.content, context.node_config, context.state))
-
-
-def stage(msg: Any, context: Any) -> Any:
-    """ClientApp handler of protocol stages (``query.fedr_stage`` messages): :func:`stage_records`."""
-    return _reply(msg, stage_records(msg.content, context.node_config, context.state))
-
-
-def evaluate(msg: Any, context: Any) -> Any:
-    """ClientApp evaluate handler: :func:`evaluate_records`."""
-    return _reply(msg, evaluate_records(msg.content, context.node_config))

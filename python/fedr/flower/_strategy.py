@@ -165,6 +165,7 @@ class FedrStrategy(_Strategy):
         self._round: tuple[Any, list[tuple[str, int]], FlowerCarrier, dict[int, Any], list[Any]] | None = None
         self._eval_pairs: list[tuple[str, int]] = []
         self._started = 0.0
+        self._last_round = 0  # start()'s last round: its last message to a node tells the node's worker to stop
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ nodes
@@ -251,9 +252,11 @@ class FedrStrategy(_Strategy):
             pairs = sample_clients(pairs, self.fraction, seed=self.process.seed, round_num=self.state.round_num + 1)
         plan = self.process.begin_round(self.state, [cid for cid, _ in pairs])
         self._started = time.monotonic()
-        carrier = FlowerCarrier(grid, [node for _, node in pairs], self._client_json or "", plan.round_num,
-                                self._timeout)
         aggregator = self.process.aggregator
+        last = server_round == self._last_round  # the nodes' last message of the run is marked (FINAL)
+        final_stage = aggregator.stages_after[-1] if last and not self.evaluate and aggregator.stages_after else None
+        carrier = FlowerCarrier(grid, [node for _, node in pairs], self._client_json or "", plan.round_num,
+                                self._timeout, final_stage=final_stage)
         if aggregator.stages_before:
             _log(INFO, "round %d: stages %s with %d node(s)", plan.round_num, ", ".join(aggregator.stages_before),
                  len(pairs))
@@ -280,6 +283,8 @@ class FedrStrategy(_Strategy):
             if self._client_json is not None:
                 cfg["aggregator"] = self._client_json
                 cfg["view"] = _codec.to_text(views[i])
+            if last and not self.evaluate and not aggregator.stages_after:
+                cfg[wire.FINAL] = True
             content = RecordDict({wire.WEIGHTS: weights, wire.CONFIG: ConfigRecord(cfg)})
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         _log(INFO, "round %d: training on %d node(s): %s", plan.round_num, len(messages),
@@ -370,10 +375,10 @@ class FedrStrategy(_Strategy):
             return []
         pairs = self._nodes(grid)
         self._eval_pairs = pairs
-        content = RecordDict({
-            wire.WEIGHTS: wire.weights_record(self.state.model),
-            wire.CONFIG: ConfigRecord(self._config(server_round, train=False)),
-        })
+        cfg = self._config(server_round, train=False)
+        if server_round == self._last_round:
+            cfg[wire.FINAL] = True
+        content = RecordDict({wire.WEIGHTS: wire.weights_record(self.state.model), wire.CONFIG: ConfigRecord(cfg)})
         return [Message(content, dst_node_id=node, message_type=MessageType.EVALUATE) for _, node in pairs]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Any]) -> Any:
@@ -438,6 +443,7 @@ class FedrStrategy(_Strategy):
         from flwr.serverapp.strategy import Result
 
         self._timeout = float(timeout)
+        self._last_round = int(num_rounds)
         result = Result()
         result.arrays = wire.weights_record(self.state.model)
         _log(INFO, "fedr on Flower: %d round(s) from round %d", num_rounds, self.state.round_num)

@@ -1,13 +1,15 @@
-"""fedr's Flower apps: ``client_app`` (every node) and ``server_app`` (a process sent in the run config).
+"""fedr's Flower apps: ``server_app`` (a process sent in the run config) and ``client_app`` (every node).
 
 A Flower app's ``pyproject.toml`` names its components::
 
     [tool.flwr.app.components]
     serverapp = "fedr.flower.apps:server_app"   # or your own, see server_app_for()
-    clientapp = "fedr.flower.apps:client_app"
+    clientapp = "fedr.flower.clientapp:app"
 
-``client_app`` serves the node's data (its node config, see
-:mod:`fedr.flower._node`) to whatever fedr process the server runs.
+The ClientApp (:mod:`fedr.flower.clientapp`; ``client_app`` here is the
+same object) serves the node's data (its node config, see
+:mod:`fedr.flower._node`) to whatever fedr process the server runs, through
+the node's long-lived worker (:mod:`fedr.flower._worker`).
 ``server_app`` runs the process in the run config's ``fedr-process`` (written
 by :func:`fedr.flower.run`, e.g. from R); :func:`server_app_for` makes a
 ServerApp from a Python function that builds the process.
@@ -42,16 +44,16 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedr.errors import FedValueError
-from fedr.flower import _node
-from fedr.flower._strategy import FedrStrategy
-from fedr.learning.process import FedAvgProcess, ProcessSpec
+from fedr.flower.clientapp import app as client_app
 from fedr.learning.state import ServerState, load_state, save_state
+
+if TYPE_CHECKING:
+    from fedr.learning.process import FedAvgProcess
 
 __all__ = ["ROOT_ENV", "SECRET_FILE", "allowed_root", "client_app", "confined_path", "decode_process",
            "encode_process", "server_app", "server_app_for", "write_secret"]
@@ -61,12 +63,6 @@ ROOT_ENV = "FEDR_FLOWER_ROOT"
 _FORMAT = "fedr-flower-process"
 #: In ``out-dir``: what the server needs and the nodes must not see (the process seed).
 SECRET_FILE = ".fedr-secret.json"
-
-client_app = ClientApp()
-client_app.train()(_node.train)
-client_app.evaluate()(_node.evaluate)
-client_app.query()(_node.describe)
-client_app.query("fedr_stage")(_node.stage)  # protocol stages (secure aggregation), see fedr.flower._carrier
 
 
 def allowed_root() -> str:
@@ -163,6 +159,7 @@ def decode_process(text: str, out_dir: str | None = None) -> tuple[FedAvgProcess
             an unknown aggregator, or a secret seed that ``out_dir`` does not hold.
     """
     from fedr.executors import serial
+    from fedr.learning.spec import ProcessSpec
 
     if not text:
         raise FedValueError(
@@ -209,6 +206,8 @@ def _paths(config: dict[str, Any]) -> tuple[str | None, str | None]:
 
 def _run(process: FedAvgProcess, state: ServerState | None, grid: Any, config: dict[str, Any],
          paths: tuple[str | None, str | None]) -> None:
+    from fedr.flower._strategy import FedrStrategy
+
     resume, out_dir = paths
     if resume:
         state = load_state(resume, process)
@@ -243,6 +242,8 @@ def server_app_for(process_fn: Callable[[dict[str, Any]], FedAvgProcess]) -> Ser
         config = dict(context.run_config)
         paths = _paths(config)
         process = process_fn(config)
+        from fedr.learning.process import FedAvgProcess
+
         if not isinstance(process, FedAvgProcess):
             raise FedValueError(f"process_fn: expected it to return a FedAvgProcess, got {type(process).__name__}")
         _run(process, None, grid, config, paths)
