@@ -13,7 +13,11 @@ each node count (default 2 and 10):
    history's ``seconds``), median over the rounds. The first call to
    ``run`` also pays the ServerApp's start (reported apart, as ``launch``).
 
-The ratio is Flower / in-process. Run by hand:
+The ratio is Flower / in-process. ``cpu_s_per_client_round`` is the whole
+machine's busy CPU time (``/proc/stat``: every process, the SuperLink,
+ServerApp and Flower's own programs included, so an upper bound of the
+nodes' share) from the end of round 1 to the end of the last round, per
+client and round. Run by hand:
 ``.venv/bin/python bench/flower_round.py [--rounds 3] [--nodes 2 10]``.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -50,6 +55,14 @@ def _process(**kwargs: object) -> learning.FedAvgProcess:
     )
 
 
+def busy_cpu_seconds() -> float:
+    """The machine's busy CPU seconds so far (all CPUs: user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -70,24 +83,38 @@ def main() -> None:
         in_process = statistics.median(times)
 
         started = []
+        federation = time.perf_counter()
         try:
             link = flower.superlink()
             started.append(link)
             for i in range(n):
                 started.append(flower.supernode(FASHION, link, client_id=f"client_{i}",
                                                 node_config={"rows": f"{6000 * i}:{6000 * (i + 1)}"}))
+            marks: dict[int, tuple[float, float]] = {}
+
+            def mark(line: str) -> None:
+                found = re.search(r"round (\d+): .*client\(s\), [0-9.]+ s", line)
+                if found:
+                    marks[int(found.group(1))] = (time.perf_counter(), busy_cpu_seconds())
+
             start = time.perf_counter()
-            result = flower.run(_process(), args.rounds, link, min_nodes=n, progress=None, timeout=3600)
+            federation = start - federation
+            result = flower.run(_process(), args.rounds, link, min_nodes=n, progress=mark, timeout=3600)
             total = time.perf_counter() - start
+            first_round_end = marks[1][0] - start
         finally:
             for p in started:
                 p.stop()
         rounds = [row["seconds"] for row in result.history]
+        later = max(marks)
+        cpu = (marks[later][1] - marks[1][1]) / (n * (later - 1)) if later > 1 else float("nan")
         on_flower = statistics.median(rounds)
         print(json.dumps({
             "nodes": n, "in_process_s": round(in_process, 4), "flower_round_s": round(on_flower, 2),
             "flower_rounds_s": [round(r, 2) for r in rounds], "flower_run_total_s": round(total, 1),
-            "launch_s": round(total - sum(rounds), 1), "ratio": round(on_flower / in_process, 1),
+            "launch_s": round(total - sum(rounds), 1), "launch_to_round_1_end_s": round(first_round_end, 1),
+            "superlink_and_nodes_start_s": round(federation, 1),
+            "cpu_s_per_client_round": round(cpu, 2), "ratio": round(on_flower / in_process, 1),
         }), flush=True)
 
 

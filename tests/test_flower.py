@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -222,10 +223,10 @@ def test_two_nodes_give_the_in_process_weights_and_a_killed_node_is_reported(fas
         assert result.history[-1]["loss"] == pytest.approx(metrics["loss"], abs=1e-5)
         assert os.path.exists(tmp_path / "out" / "state.npz")
 
-        # Round 3: node client_1 is killed while its ClientApp starts training.
+        # Round 3: node client_1 is killed as the round starts.
         def kill_when_round_starts(line: str) -> None:
             if "round 3: training on 2 node(s)" in line:
-                threading.Timer(1.5, nodes[1].kill).start()
+                threading.Timer(0.1, nodes[1].kill).start()  # before its ClientApp can answer (>= 0.5 s to start)
 
         third = flower.run(_process(), 1, link, state=result.state, out_dir=str(tmp_path / "out"),
                            round_timeout=30, progress=kill_when_round_starts, timeout=300)
@@ -289,6 +290,63 @@ def test_secure_mean_on_three_nodes_equals_threads_and_survives_a_node_killed_af
     finally:
         for p in started:
             p.stop()
+
+
+def test_a_nodes_worker_killed_mid_round_is_a_reported_failure_and_the_next_round_recovers(
+        fashion, flower_home, tmp_path, monkeypatch):
+    """Each node's messages go to its long-lived fedr worker (fedr.flower._worker); kill one while it trains."""
+    import signal
+
+    from fedr import flower
+    from fedr.flower import _worker
+
+    _, clients = fashion
+    runtime = tempfile.mkdtemp(prefix="fw")  # the workers' private folder (short: a socket path)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
+    folder = os.path.join(runtime, f"fedr-workers-{os.getuid()}")
+    killed: list[int] = []
+
+    def kill_a_training_worker() -> None:
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+                paths = _worker.WorkerPaths(entry[:-4], folder) if entry.endswith(".pid") else None
+                if paths and "train message" in paths.log_tail():
+                    os.kill(paths.read_pid(), signal.SIGKILL)  # it logs each message as it starts on it
+                    killed.append(paths.read_pid())
+                    return
+            time.sleep(0.005)
+
+    def on_line(line: str) -> None:
+        if "round 1: training on 2 node(s)" in line:
+            threading.Thread(target=kill_a_training_worker, daemon=True).start()
+
+    started = []
+    try:
+        link = flower.superlink(root=str(tmp_path))
+        started.append(link)
+        started += _nodes(link, 2)
+        result = flower.run(_process(), 2, link, out_dir=str(tmp_path / "out"), round_timeout=120,
+                            progress=on_line, timeout=300)
+        first, second = result.history
+        assert killed and (first["num_clients"], first["num_clients_failed"]) == (1, 1)
+        lost = "client_0" if "client_0: WorkerLost" in first["events"] else "client_1"
+        assert f"{lost}: WorkerLost: the node's fedr worker (pid {killed[0]}) ended before it replied to the " \
+               "train message" in first["events"]
+        assert (second["num_clients"], second["num_clients_failed"]) == (2, 0)  # a new worker served round 2
+        reference = _process()
+        expected, _ = reference.next(reference.initialize(), clients[1:2] if lost == "client_0" else clients[:1])
+        expected, _ = reference.next(expected, clients[:2])
+        _assert_same_weights(result.state, expected)
+        # The run's last message (marked by the server) stopped the workers; none is left behind.
+        deadline = time.monotonic() + 30
+        while any(e.endswith(".pid") for e in os.listdir(folder)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _worker.sweep(folder) == [] and not [e for e in os.listdir(folder) if e.endswith(".pid")]
+    finally:
+        for process in started:
+            process.stop()
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def test_a_failed_round_keeps_the_last_good_state_and_is_reported(fashion, flower_home, tmp_path):
