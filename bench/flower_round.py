@@ -13,6 +13,14 @@ each node count (default 2 and 10):
    history's ``seconds``), median over the rounds. The first call to
    ``run`` also pays the ServerApp's start (reported apart, as ``launch``).
 
+3. ``--floor``: Flower's own floor, the same federation running
+   ``bench/flower_floor_app`` (no TensorFlow, no fedr learning code: the
+   ServerApp sends the reference model's 7850 weights to every node, each
+   ClientApp sends them back unchanged), waiting for replies both as Flower's
+   ``grid.send_and_receive`` does (every 3 s, ``floor_flower_s``) and as
+   fedr's strategy does (every 0.05 s, ``floor_fast_s``); medians over the
+   same ``--rounds``.
+
 The ratio is Flower / in-process. ``cpu_s_per_client_round`` is the whole
 machine's busy CPU time (``/proc/stat``: every process, the SuperLink,
 ServerApp and Flower's own programs included, so an upper bound of the
@@ -63,10 +71,36 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+FLOOR_APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flower_floor_app")
+
+
+def floor(n: int, rounds: int, poll: str) -> list[float]:
+    """Seconds of each round of the floor app on a new federation of ``n`` nodes (``poll``: flower or fedr)."""
+    from fedr.flower._run import flwr_run
+
+    out = tempfile.mktemp(suffix=".json")
+    started = []
+    try:
+        link = flower.superlink()
+        started.append(link)
+        for i in range(n):
+            started.append(flower.supernode(FASHION, link, client_id=f"client_{i}"))
+        code, lines = flwr_run(FLOOR_APP, link.address, {"num-server-rounds": rounds, "min-nodes": n, "poll": poll,
+                                                        "out": out}, timeout=1800)
+        if code != 0 or not os.path.exists(out):
+            raise RuntimeError("the floor app failed:\n" + "\n".join(lines[-20:]))
+    finally:
+        for p in started:
+            p.stop()
+    with open(out) as handle:
+        return json.load(handle)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nodes", type=int, nargs="+", default=[2, 10])
+    parser.add_argument("--floor", action="store_true", help="also run Flower's floor (bench/flower_floor_app)")
     args = parser.parse_args()
     data = datasets.load_fashion_mnist(FASHION)
     clients = datasets.make_clients(data.x_train, data.y_train, 10)
@@ -105,6 +139,12 @@ def main() -> None:
         finally:
             for p in started:
                 p.stop()
+        floors = {}
+        if args.floor:
+            for poll in ("flower", "fedr"):
+                times = floor(n, args.rounds, poll)
+                floors[f"floor_{'fast' if poll == 'fedr' else 'flower'}_s"] = round(statistics.median(times), 2)
+                floors[f"floor_{'fast' if poll == 'fedr' else 'flower'}_rounds_s"] = [round(t, 2) for t in times]
         rounds = [row["seconds"] for row in result.history]
         later = max(marks)
         cpu = (marks[later][1] - marks[1][1]) / (n * (later - 1)) if later > 1 else float("nan")
@@ -114,7 +154,7 @@ def main() -> None:
             "flower_rounds_s": [round(r, 2) for r in rounds], "flower_run_total_s": round(total, 1),
             "launch_s": round(total - sum(rounds), 1), "launch_to_round_1_end_s": round(first_round_end, 1),
             "superlink_and_nodes_start_s": round(federation, 1),
-            "cpu_s_per_client_round": round(cpu, 2), "ratio": round(on_flower / in_process, 1),
+            "cpu_s_per_client_round": round(cpu, 2), "ratio": round(on_flower / in_process, 1), **floors,
         }), flush=True)
 
 

@@ -424,6 +424,20 @@ def test_a_federation_over_tls(fashion, flower_home, tmp_path):
             process.stop()
 
 
+def _wait_port(popen, port, seconds):
+    import socket
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert popen.poll() is None, f"the SuperLink exited with {popen.returncode} at start-up"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"the SuperLink did not listen on port {port} within {seconds} s")
+
+
 def test_the_documented_commands_run_the_example_app(fashion, flower_home, tmp_path):
     """README: flower-superlink, two flower-supernode, flwr run examples/flower (loopback)."""
     from fedr import flower
@@ -446,6 +460,9 @@ def test_the_documented_commands_run_the_example_app(fashion, flower_home, tmp_p
             [bin_dir / "flower-superlink", "--insecure", "--port", str(port),
              "--disable-runtime-dependency-installation"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        # As a user would, wait for the SuperLink to listen before `flwr run` (on a busy machine it takes
+        # seconds; `flwr run` before it listens fails with "check your connection configuration").
+        _wait_port(started[0], port, 60)
         for i in range(2):
             started.append(subprocess.Popen(
                 [bin_dir / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",

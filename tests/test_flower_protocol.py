@@ -81,9 +81,24 @@ class _Grid:
         self.sent: list = []  # every message the server sent
         self.dead: set[int] = set()
         self.kills: dict[int, tuple[int, str]] = {}
+        self.replies_by_id: dict = {}
 
     def get_node_ids(self):
         return list(self.configs)
+
+    def push_messages(self, messages):
+        """Flower's Grid API, as fedr.flower._carrier.exchange uses it: replies are ready at once, by message id."""
+        ids = []
+        for message in messages:
+            key = f"m{len(self.replies_by_id)}-{len(ids)}-{id(message)}"
+            for reply in self.send_and_receive([message]):
+                reply.metadata.reply_to_message_id = key
+                self.replies_by_id[key] = reply
+            ids.append(key)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies_by_id.pop(i) for i in list(message_ids) if i in self.replies_by_id]
 
     def send_and_receive(self, messages, timeout=None):
         replies = []
@@ -108,6 +123,7 @@ class _Grid:
 
 
 def _run(strategy: FedrStrategy, grid: _Grid, rounds: int) -> None:
+    strategy._timeout = 1.0  # a stage waits this long for a killed node (start(timeout=) sets it on a real run)
     for server_round in range(1, rounds + 1):
         messages = strategy.configure_train(server_round, None, None, grid)
         strategy.aggregate_train(server_round, grid.send_and_receive(messages) if messages else [])

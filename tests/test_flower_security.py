@@ -166,9 +166,24 @@ class _FakeGrid:
 
     def __init__(self, configs: dict[int, dict], train: dict[int, dict]) -> None:
         self.configs, self.train = configs, train
+        self.replies_by_id: dict = {}
 
     def get_node_ids(self):
         return list(self.configs)
+
+    def push_messages(self, messages):
+        """Flower's Grid API, as fedr.flower._carrier.exchange uses it: replies are ready at once, by message id."""
+        ids = []
+        for message in messages:
+            key = f"m{len(self.replies_by_id)}-{len(ids)}-{id(message)}"
+            for reply in self.send_and_receive([message]):
+                reply.metadata.reply_to_message_id = key
+                self.replies_by_id[key] = reply
+            ids.append(key)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies_by_id.pop(i) for i in list(message_ids) if i in self.replies_by_id]
 
     def send_and_receive(self, messages, timeout=None):
         replies = []

@@ -3,7 +3,7 @@
 The process's round (:meth:`fedr.learning.FedAvgProcess.run_stages`) asks a
 *carrier* to take each stage's requests to the clients and bring back their
 replies (see :mod:`fedr.protocol`). On Flower each stage is one
-``grid.send_and_receive`` barrier with the round's timeout, as in Flower's
+message barrier (:func:`exchange`) with the round's timeout, as in Flower's
 own SecAgg+ workflow: a ``query.fedr_stage`` message per node with the
 stage's name, the round and the public payload (JSON of the protocol's
 types, :mod:`fedr.flower._codec`); the node answers from the session it keeps
@@ -15,17 +15,46 @@ The carrier itself keeps no session: the clients' secrets stay on the nodes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fedr.flower import _codec
 from fedr.flower import _messages as wire
 from fedr.protocol import ClientFailure
 
-__all__ = ["STAGE_MESSAGE", "FlowerCarrier"]
+__all__ = ["POLL_SECONDS", "STAGE_MESSAGE", "FlowerCarrier", "exchange"]
 
 #: The message type of protocol stages (a query with fedr's action name).
 STAGE_MESSAGE = "query.fedr_stage"
+#: How often :func:`exchange` asks the SuperLink for replies (Flower's ``send_and_receive`` asks every 3 s).
+POLL_SECONDS = 0.05
+
+
+def exchange(grid: Any, messages: Iterable[Any], timeout: float, poll: float = POLL_SECONDS) -> list[Any]:
+    """Send ``messages`` and return the replies that arrive within ``timeout`` seconds (a barrier).
+
+    What Flower's ``Grid.send_and_receive`` does, through the same public
+    ``push_messages`` / ``pull_messages``, but asking for replies every
+    ``poll`` seconds instead of every 3: on loopback its 3-second sleep was
+    half of every round (bench/README.md, issue 20). A message the SuperLink
+    did not accept (Flower returns no id for it) gets no reply; the caller
+    names that node as lost, as for one that does not answer.
+    """
+    messages = list(messages)
+    if not messages:
+        return []
+    waiting = {i for i in grid.push_messages(messages) if i}
+    replies: list[Any] = []
+    deadline = time.monotonic() + float(timeout)
+    while waiting:
+        got = list(grid.pull_messages(waiting))
+        replies += got
+        waiting -= {m.metadata.reply_to_message_id for m in got}
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+    return replies
 
 
 class FlowerCarrier:
@@ -64,7 +93,7 @@ class FlowerCarrier:
                 record[wire.FINAL] = True
             messages.append(Message(RecordDict({wire.STAGE: record}), dst_node_id=node, message_type=STAGE_MESSAGE))
         replies: dict[int, Any] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout) if messages else []:
+        for reply in exchange(self.grid, messages, self.timeout):
             position = by_node.get(reply.metadata.src_node_id)
             if position is None or position in replies:
                 continue  # not a node of this stage, or a second reply: ignored

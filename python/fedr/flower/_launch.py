@@ -35,6 +35,9 @@ from fedr.errors import FedError, FedValueError
 __all__ = ["FlowerProcess", "check_tls", "free_port", "superlink", "supernode"]
 
 _LIVE: weakref.WeakSet[FlowerProcess] = weakref.WeakSet()
+#: Flower's setting of how often its SuperExec polls for work (seconds; Flower's default is 1).
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+SUPEREXEC_POLL_SECONDS = "0.1"
 APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app")
 
 
@@ -52,6 +55,9 @@ def _env(home: str) -> dict[str, str]:
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["FLWR_HOME"] = home
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Flower's SuperExec looks for a message to start a ClientApp (or a run to start a ServerApp) for once a
+    # second by default; every message waited half a second on it (bench/README.md, issue 20).
+    env.setdefault(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_SECONDS)
     env["PYTHONUNBUFFERED"] = "1"
     own_libpython_first(env)  # started from R, the programs must still load this Python's libpython
     return env

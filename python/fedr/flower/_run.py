@@ -19,7 +19,8 @@ import numpy as np
 from fedr.errors import FedError, FedValueError, FedWarning
 from fedr.flower._launch import APP_DIR, FlowerProcess, _bin, _env, _home, _toml, check_tls
 
-__all__ = ["FlowerRoundWarning", "FlowerRun", "FlowerSeedWarning", "check_run_target", "progress_line", "run"]
+__all__ = ["FlowerRoundWarning", "FlowerRun", "FlowerSeedWarning", "check_run_target", "flwr_run", "progress_line",
+           "run"]
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -95,6 +96,64 @@ def check_run_target(superlink: Any, root_certificates: Any = None, out_dir: Any
     out_dir = os.path.abspath(os.fspath(out_dir))
     root = superlink.root if isinstance(superlink, FlowerProcess) else os.environ.get(ROOT_ENV)
     return confined_path(out_dir, "out_dir", root) if root else out_dir
+
+
+def flwr_run(
+    app: str,
+    address: str,
+    run_config: dict[str, Any],
+    *,
+    root_certificates: str | None = None,
+    home: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    timeout: float | None = None,
+) -> tuple[int, list[str]]:
+    """``flwr run <app> --stream`` against the SuperLink at ``address``; (its exit status, its output lines).
+
+    Args:
+        app: The Flower app folder.
+        address: The SuperLink's ``host:port``.
+        run_config: The run config (written to a TOML file for ``--run-config``).
+        root_certificates: CA certificate for TLS; None connects with ``insecure = true``.
+        home: ``FLWR_HOME`` of the ``flwr`` command (its ``config.toml`` names the
+            SuperLink); default a temporary folder, removed afterwards.
+        progress: Called with each output line as it comes, or None.
+        timeout: Seconds before ``flwr run`` is killed; None waits.
+    """
+    home, cleanup = _home(home)
+    try:
+        with open(os.path.join(home, "config.toml"), "w") as handle:
+            handle.write("[superlink]\ndefault = \"fedr\"\n\n[superlink.fedr]\n")
+            handle.write(f"address = {_toml(address)}\n")
+            if root_certificates:
+                handle.write(f"root-certificates = {_toml(os.path.abspath(root_certificates))}\n")
+            else:
+                handle.write("insecure = true\n")
+        config_path = os.path.join(home, "run-config.toml")
+        with open(config_path, "w") as handle:
+            handle.writelines(f"{key} = {_toml(value)}\n" for key, value in run_config.items())
+        args = [_bin("flwr"), "run", os.path.abspath(app), "fedr", "--run-config", config_path, "--stream"]
+        lines: list[str] = []
+        popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env=_env(home), cwd=home, start_new_session=True)
+        timer = threading.Timer(timeout, lambda: os.killpg(popen.pid, signal.SIGKILL)) if timeout else None
+        if timer:
+            timer.start()
+        try:
+            assert popen.stdout is not None
+            for line in popen.stdout:
+                line = line.rstrip("\n")
+                lines.append(line)
+                if progress is not None:
+                    progress(line)
+            code = popen.wait()
+        finally:
+            if timer:
+                timer.cancel()
+    finally:
+        for path in cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+    return code, lines
 
 
 def run(
@@ -198,45 +257,14 @@ def run(
             os.remove(os.path.join(out_dir, name))
     if secret:
         write_secret(out_dir, process.seed)
-    home, cleanup = _home(home)
-    try:
-        with open(os.path.join(home, "config.toml"), "w") as handle:
-            handle.write("[superlink]\ndefault = \"fedr\"\n\n[superlink.fedr]\n")
-            handle.write(f"address = {_toml(address)}\n")
-            if root_certificates:
-                handle.write(f"root-certificates = {_toml(os.path.abspath(root_certificates))}\n")
-            else:
-                handle.write("insecure = true\n")
-        run_config = {
-            "num-server-rounds": int(rounds), "min-nodes": int(min_nodes), "fraction": float(fraction),
-            "evaluate": bool(evaluate), "round-timeout": float(round_timeout), "out-dir": out_dir,
-            "trusted-server": bool(trusted_server),
-            "fedr-process": encoded,
-        }
-        config_path = os.path.join(home, "run-config.toml")
-        with open(config_path, "w") as handle:
-            handle.writelines(f"{key} = {_toml(value)}\n" for key, value in run_config.items())
-        args = [_bin("flwr"), "run", os.path.abspath(app or APP_DIR), "fedr", "--run-config", config_path, "--stream"]
-        lines: list[str] = []
-        popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 env=_env(home), cwd=home, start_new_session=True)
-        timer = threading.Timer(timeout, lambda: os.killpg(popen.pid, signal.SIGKILL)) if timeout else None
-        if timer:
-            timer.start()
-        try:
-            assert popen.stdout is not None
-            for line in popen.stdout:
-                line = line.rstrip("\n")
-                lines.append(line)
-                if progress is not None:
-                    progress(line)
-            code = popen.wait()
-        finally:
-            if timer:
-                timer.cancel()
-    finally:
-        for path in cleanup:
-            shutil.rmtree(path, ignore_errors=True)
+    run_config = {
+        "num-server-rounds": int(rounds), "min-nodes": int(min_nodes), "fraction": float(fraction),
+        "evaluate": bool(evaluate), "round-timeout": float(round_timeout), "out-dir": out_dir,
+        "trusted-server": bool(trusted_server),
+        "fedr-process": encoded,
+    }
+    code, lines = flwr_run(app or APP_DIR, address, run_config, root_certificates=root_certificates, home=home,
+                           progress=progress, timeout=timeout)
     history = _read_history(os.path.join(out_dir, "history.csv"))
     state_path = os.path.join(out_dir, "state.npz")
     if code != 0 or not os.path.exists(state_path):

@@ -48,7 +48,7 @@ import numpy as np
 from fedr.errors import FedError, FedWarning
 from fedr.flower import _codec
 from fedr.flower import _messages as wire
-from fedr.flower._carrier import FlowerCarrier
+from fedr.flower._carrier import FlowerCarrier, exchange
 from fedr.flower._checks import (
     check_examples,
     check_flower_aggregator,
@@ -196,7 +196,7 @@ class FedrStrategy(_Strategy):
                         dst_node_id=n, message_type=MessageType.QUERY)
                 for n in new
             ]
-            for reply in grid.send_and_receive(messages, timeout=self.wait_timeout):
+            for reply in exchange(grid, messages, self.wait_timeout):
                 node = reply.metadata.src_node_id
                 if reply.has_error():
                     _log(WARNING, "node %d left out: %s", node, reply.error.reason)
@@ -458,7 +458,7 @@ class FedrStrategy(_Strategy):
                 self.history.append({"round": self.state.round_num + 1, "round_failed": 1, "events": f"refused: {err}"})
                 self._write_history()
                 break
-            replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
+            replies = exchange(grid, messages, timeout)
             arrays, metrics = self.aggregate_train(server_round, replies)
             if arrays is not None:
                 result.arrays = arrays
@@ -470,9 +470,9 @@ class FedrStrategy(_Strategy):
                 _log(INFO, "round %d: %s; %d client(s), %.1f s", self.state.round_num, ", ".join(shown),
                      int(row.get("num_clients", 0)), float(row.get("seconds", 0.0)))
             if self.evaluate:
-                replies = grid.send_and_receive(
-                    self.configure_evaluate(server_round, result.arrays, evaluate_config or ConfigRecord(), grid),
-                    timeout=timeout,
+                replies = exchange(
+                    grid, self.configure_evaluate(server_round, result.arrays, evaluate_config or ConfigRecord(), grid),
+                    timeout,
                 )
                 evaluated = self.aggregate_evaluate(server_round, replies)
                 if evaluated is not None:

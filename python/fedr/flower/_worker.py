@@ -16,8 +16,8 @@ Lifecycle:
 
 - **Start**: the first message of a run to a node starts its worker (so it
   works the same under fedr's launchers and under a ``flower-supernode``
-  started by hand); it imports TensorFlow while the server is still asking
-  the other nodes who they are.
+  started by hand); once it has answered it (the server's question who the
+  node is), it imports TensorFlow while the server waits for the other nodes.
 - **One per node and run**: the worker's name is a hash of the node id, the
   run id and the node config; two runs on one node never share one.
 - **Stop**: after the run's last message (the server marks it, see
@@ -336,7 +336,7 @@ def _handle(kind: str, content: bytes, node_config: Mapping[str, Any], state: An
 
 
 def _prewarm() -> None:
-    """Import what training needs while the server still asks the other nodes who they are."""
+    """Import what training needs (the worker calls it once, between two messages)."""
     try:
         import keras  # noqa: F401
 
@@ -387,7 +387,7 @@ class _Worker:
             handle.write(str(os.getpid()))
         signal.signal(signal.SIGTERM, lambda *_: self.exit("SIGTERM"))
         threading.Thread(target=self._watch, daemon=True).start()
-        threading.Thread(target=_prewarm, daemon=True).start()
+        warm = False
         while True:
             try:
                 conn = listener.accept()
@@ -413,6 +413,12 @@ class _Worker:
                     self.last = time.monotonic()
             if final:
                 self.exit("the run's last message was answered")
+            if not warm:
+                # After the first reply (the server's question who the node is), while the server waits for
+                # the other nodes. In this thread, before the next message is read: an import in a second
+                # thread beside a message that imports TensorFlow deadlocks on Python's module locks.
+                warm = True
+                _prewarm()
 
 
 def serve(argv: list[str] | None = None) -> None:
