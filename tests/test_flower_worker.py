@@ -31,6 +31,7 @@ import keras  # noqa: E402
 from flwr.app import ConfigRecord, Context, RecordDict  # noqa: E402
 
 from fedr import datasets, learning  # noqa: E402
+from fedr.errors import FedValueError  # noqa: E402
 from fedr.flower import FedrStrategy, _node, _worker  # noqa: E402
 from fedr.flower import _messages as wire  # noqa: E402
 
@@ -206,10 +207,17 @@ def test_the_workers_folder_and_socket_are_private(folder, train_content):
 
 def test_bad_worker_settings_name_the_node_config_key(folder):
     failure = _worker.forward("describe", RecordDict(), _context(run_id=9, **{"worker-idle": "soon"}))[wire.FAILURE]
-    assert failure["error"] == ("FedValueError: node config `worker-idle`: expected a positive number of "
+    assert failure["error"] == ("FedValueError: `worker-idle` (node config): expected a positive number of "
                                 "seconds, got 'soon'")
     failure = _worker.forward("describe", RecordDict(), _context(run_id=9, worker="maybe"))[wire.FAILURE]
-    assert failure["error"] == "FedValueError: node config `worker`: expected 'on' or 'off', got 'maybe'"
+    assert failure["error"] == "FedValueError: `worker` (node config): expected 'on' or 'off', got 'maybe'"
+    # fedr's launcher refuses them before it starts the node, naming the key as data.
+    from fedr import flower
+
+    with pytest.raises(FedValueError, match=r"^`worker-idle` \(node config\): expected a positive number of "
+                                            r"seconds, got -1$") as caught:
+        flower.supernode(FASHION, "127.0.0.1:9", node_config={"worker-idle": -1})
+    assert caught.value.argument == "worker-idle"
 
 
 def test_dead_workers_files_are_swept_when_a_worker_starts(folder):

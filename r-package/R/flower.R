@@ -90,14 +90,18 @@ fed_flower_superlink <- function(host = "127.0.0.1", port = NULL, certificates =
 #' @param root_certificates The CA certificate (`certificates$ca`) to check
 #'   the SuperLink's TLS certificate; `NULL` connects without TLS, which only
 #'   a SuperLink on loopback (`127.0.0.1`) accepts.
+#' @param worker_idle Seconds without a message after which the node's fedr
+#'   worker (the long-lived process that keeps its data and model between
+#'   messages) stops; default 600. The next message starts a new one.
 #' @export
 fed_flower_node <- function(data, superlink, client_id = NULL, label = "label", client = 1L,
-                            batch_size = NULL, rows = NULL, root_certificates = NULL) {
+                            batch_size = NULL, rows = NULL, root_certificates = NULL, worker_idle = NULL) {
   if (!is.null(client_id)) client_id <- check_string(client_id, "client_id")
   label <- check_string(label, "label")
   config <- list()
   if (!is.null(batch_size)) config[["batch-size"]] <- as_integer(batch_size, "batch_size")
   if (!is.null(rows)) config[["rows"]] <- check_string(rows, "rows")
+  if (!is.null(worker_idle)) config[["worker-idle"]] <- worker_idle  # checked by the core, naming it
   if (!is.null(root_certificates)) root_certificates <- check_string(root_certificates, "root_certificates")
   if (inherits(data, "fed_data")) {
     if (is.character(client)) client <- match(check_string(client, "client", data$ids), data$ids)
@@ -148,7 +152,7 @@ fed_flower_node <- function(data, superlink, client_id = NULL, label = "label", 
   py <- fedr_call(
     flower$supernode(source, as_superlink(superlink), client_id = client_id, node_config = config,
                      root_certificates = root_certificates),
-    arg = c("data", "superlink", "client_id", "root_certificates")
+    arg = c("data", "superlink", "client_id", "root_certificates", "worker-idle" = "worker_idle")
   )
   new_fed_flower_process(py)
 }

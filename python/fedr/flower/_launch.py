@@ -31,6 +31,7 @@ import numpy as np
 
 from fedr._env import own_libpython_first
 from fedr.errors import FedError, FedValueError
+from fedr.flower import _worker
 
 __all__ = ["FlowerProcess", "check_tls", "free_port", "superlink", "supernode"]
 
@@ -316,6 +317,7 @@ def supernode(
     check_tls(address, root_certificates)
     home, cleanup = _home(home)
     config: dict[str, Any] = dict(node_config or {})
+    _worker.check_settings(config)
     if isinstance(data, ClientData) or (isinstance(data, tuple) and len(data) == 2):
         client = data if isinstance(data, ClientData) else ClientData(data[0], data[1], batch_size=100)
         path = os.path.join(home, f"{client_id or client.client_id or 'client'}.npz")

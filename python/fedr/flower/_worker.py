@@ -136,7 +136,8 @@ def _idle_seconds(node_config: Mapping[str, Any]) -> float:
     if not seconds > 0:
         from fedr.errors import FedValueError
 
-        raise FedValueError(f"node config `worker-idle`: expected a positive number of seconds, got {value!r}")
+        raise FedValueError(f"`worker-idle` (node config): expected a positive number of seconds, got {value!r}",
+                            argument="worker-idle")
     return seconds
 
 
@@ -148,7 +149,18 @@ def _worker_off(node_config: Mapping[str, Any]) -> bool:
         return True
     from fedr.errors import FedValueError
 
-    raise FedValueError(f"node config `worker`: expected 'on' or 'off', got {value!r}")
+    raise FedValueError(f"`worker` (node config): expected 'on' or 'off', got {value!r}", argument="worker")
+
+
+def check_settings(node_config: Mapping[str, Any]) -> None:
+    """Raise a :class:`~fedr.errors.FedValueError` naming the key if the worker's node config is wrong.
+
+    The node's own check: :func:`fedr.flower.supernode` calls it before it
+    starts the node, and every message's ClientApp before it forwards (a
+    node started by hand reports it as the node's failure).
+    """
+    _idle_seconds(node_config)
+    _worker_off(node_config)
 
 
 # --- the ClientApp's side ----------------------------------------------------------------------------------

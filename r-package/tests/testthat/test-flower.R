@@ -89,6 +89,11 @@ test_that("Flower functions check their arguments in R, naming them", {
                class = "fedr_error_input")
   expect_error(fed_flower_node(42, "127.0.0.1:9"), "`data` must be a data frame, matrix, list\\(x =, y =\\), fed_data or a path",
                class = "fedr_error_input")
+  expect_error(fed_flower_node(data.frame(a = 1:2, label = 0:1), "127.0.0.1:9", worker_idle = -1),
+               "^`worker_idle` \\(node config\\): expected a positive number of seconds, got -1(\\.0)?$",
+               class = "fedr_error_input")
+  expect_error(fed_flower_node(data.frame(a = 1:2, label = 0:1), "127.0.0.1:9", worker_idle = NA),
+               "`worker_idle`", class = "fedr_error_input")
   expect_error(fed_flower_superlink(host = "0.0.0.0"), "`certificates`: a SuperLink on 0.0.0.0 must use TLS",
                class = "fedr_error_input")
   process <- fed_averaging(tabular_model(), fed_optimizer("sgd", 0.5))
