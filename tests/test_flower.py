@@ -24,7 +24,7 @@ pytest.importorskip("flwr", reason="flwr[simulation]==1.42.0 is installed by mak
 import keras  # noqa: E402
 
 from fedr import aggregators, datasets, executors, learning, privacy  # noqa: E402
-from fedr.errors import FedError, FedValueError  # noqa: E402
+from fedr.errors import FedValueError  # noqa: E402
 from fedr.flower import _messages as wire  # noqa: E402
 from fedr.flower import _node  # noqa: E402
 from fedr.flower import FedrStrategy, load_node_data  # noqa: E402

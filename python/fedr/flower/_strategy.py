@@ -314,8 +314,6 @@ class FedrStrategy(_Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> tuple[Any, Any]:
         """Finish the fedr round from the nodes' replies (and its stages after training); a missing or failed
         node is a named failure."""
-        from flwr.app import MetricRecord
-
         if self._round is None:
             raise FedError("aggregate_train: no round was configured")
         plan, pairs, carrier, lost, views = self._round
