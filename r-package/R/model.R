@@ -148,12 +148,16 @@ print.fed_model <- function(x, ...) {
 #' it needs one: each client's local optimizer in every round, and the
 #' server's optimizer that applies the averaged update.
 #'
-#' @param name `"sgd"` or `"adam"`.
+#' @param name `"sgd"`, `"adam"` (Keras's Adam), or for the server one of
+#'   the adaptive optimizers of Reddi et al. 2021 ("Adaptive Federated
+#'   Optimization"): `"fedadagrad"`, `"fedyogi"`, `"fedadam"`.
 #' @param learning_rate A positive learning rate.
-#' @param ... Options of the Keras optimizer: `momentum` (in \[0, 1)),
+#' @param ... Options of the optimizer: `momentum` (in \[0, 1)),
 #'   `nesterov`, `weight_decay` and `clipnorm` for SGD; `beta_1`, `beta_2`,
-#'   `epsilon`, `amsgrad`, `weight_decay` and `clipnorm` for Adam. A wrong
-#'   name or value is an error naming it and listing the valid options.
+#'   `epsilon`, `amsgrad`, `weight_decay` and `clipnorm` for Adam; `beta_1`
+#'   (default 0.9), `beta_2` (0.99; not for `"fedadagrad"`) and the adaptivity
+#'   `tau` (1e-3) for the `fed*` ones. A wrong name or value is an error
+#'   naming it and listing the valid options.
 #' @returns A `fed_optimizer` object with a `print()` method.
 #' @family workflow
 #' @export
@@ -161,7 +165,8 @@ print.fed_model <- function(x, ...) {
 #' fed_optimizer("sgd", learning_rate = 0.02)
 #' fed_optimizer("sgd", learning_rate = 1, momentum = 0.9)
 #' fed_optimizer("adam", learning_rate = 0.01)
-fed_optimizer <- function(name = c("sgd", "adam"), learning_rate, ...) {
+#' fed_optimizer("fedyogi", learning_rate = 0.01, tau = 1e-3) # as server_optimizer
+fed_optimizer <- function(name = c("sgd", "adam", "fedadagrad", "fedyogi", "fedadam"), learning_rate, ...) {
   if (missing(learning_rate)) fedr_abort("`learning_rate` is missing.", "learning_rate")
   options <- list(...)
   if (length(options) && (is.null(names(options)) || any(!nzchar(names(options))))) {

@@ -8,7 +8,8 @@
 #' back its weight change; the server averages the changes weighted by the
 #' clients' example counts and applies the average with the server optimizer.
 #' Server SGD with learning rate 1 (the default) is plain averaging; server
-#' momentum gives FedAvgM, server Adam FedAdam.
+#' momentum gives FedAvgM, server Adam FedAdam. A `proximal_mu` above 0 gives
+#' FedProx (Li et al. 2020).
 #'
 #' @param model A [fed_model()].
 #' @param client_optimizer The clients' optimizer: a [fed_optimizer()] or a
@@ -33,6 +34,14 @@
 #'   Ray's `round_timeout`) is left out, counted in `num_clients_failed` and
 #'   named in a warning; with fewer than `min_clients` left the round fails
 #'   and the state is unchanged.
+#' @param proximal_mu FedProx's proximal coefficient mu (Li et al. 2020,
+#'   "Federated Optimization in Heterogeneous Networks"), a finite number
+#'   >= 0: each client minimises its loss plus
+#'   `proximal_mu / 2 * ||w - w_server||^2` over the trainable weights, with
+#'   `w_server` the round's starting weights, which keeps clients with
+#'   heterogeneous data from drifting apart. The reported training `loss`
+#'   stays the task loss, without the proximal term. `0` (the default) is
+#'   federated averaging, bit for bit.
 #' @returns A `fed_process` object, used by [fed_initialize()], [fed_next()],
 #'   [fed_fit()] and [fed_evaluate()].
 #' @section Whole model state:
@@ -53,7 +62,8 @@
 #' process <- fed_averaging(model, fed_optimizer("sgd", 0.02), fed_optimizer("sgd", 1))
 #' process
 fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, local_epochs = 1L,
-                          seed = NULL, executor = NULL, aggregator = NULL, min_clients = 1L) {
+                          seed = NULL, executor = NULL, aggregator = NULL, min_clients = 1L,
+                          proximal_mu = 0) {
   if (!inherits(model, "fed_model")) {
     fedr_abort(sprintf("`model` must be a fed_model() object, not %s.", describe(model)), "model")
   }
@@ -66,14 +76,15 @@ fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, loca
   aggregator <- as_aggregator(aggregator)
   learning <- fedr_module("fedr.learning")
   min_clients <- as_count_or_fraction(min_clients, "min_clients")
+  proximal_mu <- as_number(proximal_mu, "proximal_mu")  # one number here; its range is the core's rule
   # Every argument named, so that an error is blamed on the one its message
   # names (e.g. a model that cannot travel to Ray), not on `min_clients`.
   py <- fedr_call(learning$build_weighted_fed_avg(
     model$py_fn, client, server,
     local_epochs = local_epochs, seed = seed, executor = executor$py, aggregator = aggregator$py,
-    min_clients = min_clients
+    min_clients = min_clients, proximal_mu = proximal_mu
   ), arg = c(model_fn = "model", client_optimizer_fn = "client_optimizer", server_optimizer_fn = "server_optimizer",
-             "local_epochs", "seed", "executor", "aggregator", "min_clients"))
+             "local_epochs", "seed", "executor", "aggregator", "min_clients", "proximal_mu"))
   structure(
     list(
       py = py,
@@ -83,7 +94,8 @@ fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, loca
       local_epochs = local_epochs,
       seed = seed,
       executor = executor,
-      aggregator = aggregator
+      aggregator = aggregator,
+      proximal_mu = proximal_mu
     ),
     class = "fed_process"
   )
@@ -94,8 +106,10 @@ format.fed_process <- function(x, ...) {
   describe_opt <- function(o) {
     if (inherits(o, "fed_optimizer")) sub("^<fed_optimizer> ", "", format(o)) else if (is.character(o)) o else "custom"
   }
+  mu <- x$proximal_mu %||% 0
   c(
-    "<fed_process> federated averaging",
+    if (mu > 0) sprintf("<fed_process> federated averaging, FedProx (proximal_mu = %s)", format(mu))
+    else "<fed_process> federated averaging",
     sprintf("  model: %s", x$model$description),
     sprintf("  client optimizer: %s, %d local epoch%s", describe_opt(x$client_optimizer), x$local_epochs, if (x$local_epochs == 1L) "" else "s"),
     sprintf("  server optimizer: %s", describe_opt(x$server_optimizer)),

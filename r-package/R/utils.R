@@ -263,8 +263,8 @@ as_number <- function(x, arg, min = -Inf, max = Inf, min_inclusive = TRUE) {
   ok <- ok && (if (min_inclusive) x >= min else x > min) && x <= max
   if (!ok) {
     bound <- if (min_inclusive) sprintf(">= %s", min) else sprintf("> %s", min)
-    what <- if (is.finite(max)) sprintf("between %s and %s", min, max) else bound
-    fedr_abort(sprintf("`%s` must be a single finite number %s, not %s.", arg, what, describe(x)), arg)
+    what <- if (is.finite(max)) sprintf(" between %s and %s", min, max) else if (is.finite(min)) paste0(" ", bound) else ""
+    fedr_abort(sprintf("`%s` must be a single finite number%s, not %s.", arg, what, describe(x)), arg)
   }
   as.double(x)
 }

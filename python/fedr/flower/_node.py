@@ -62,7 +62,7 @@ __all__ = ["load_node_data"]
 
 _LOCK = threading.Lock()
 _DATA: dict[tuple[Any, ...], ClientData] = {}
-_REPLICAS: dict[tuple[str, str, int], Any] = {}
+_REPLICAS: dict[tuple[str, str, int, float], Any] = {}
 _AGGREGATORS: dict[str, Any] = {}
 
 
@@ -166,25 +166,33 @@ def load_node_data(config: Mapping[str, Any], key: str = "data") -> ClientData:
 
 
 def _replica(config: Any, *, train: bool) -> Any:
-    """The node's compiled model for the server's spec (built once per spec, optimizer and epochs)."""
+    """The node's compiled model for the server's spec (built once per spec, optimizer, epochs and mu).
+
+    A train message's config says how to train: the optimizer's Keras config,
+    ``local-epochs`` and FedProx's ``proximal-mu`` (missing: 0, FedAvg).
+
+    Raises:
+        FedValueError: ``proximal-mu`` is not a finite number >= 0.
+    """
     import json
 
     import keras
 
-    from fedr.learning.client_update import ClientUpdate
+    from fedr.learning.client_update import ClientUpdate, check_proximal_mu
     from fedr.learning.model import ModelSpec
 
     model_json = str(config["model"])
     optimizer_json = str(config.get("optimizer", "")) if train else ""
     epochs = int(config.get("local-epochs", 1)) if train else 1
-    key = (model_json, optimizer_json, epochs)
+    mu = check_proximal_mu(config.get("proximal-mu", 0.0)) if train else 0.0
+    key = (model_json, optimizer_json, epochs, mu)
     with _LOCK:
         replica = _REPLICAS.get(key)
     if replica is None:
         spec = json.loads(model_json)
         model = ModelSpec(spec["model"], spec["loss"], tuple(spec["metrics"]), tuple(spec["feature_shape"])).build()
         optimizer = keras.saving.deserialize_keras_object(json.loads(optimizer_json)) if train else None
-        replica = ClientUpdate(model, optimizer, local_epochs=epochs)
+        replica = ClientUpdate(model, optimizer, local_epochs=epochs, proximal_mu=mu)
         with _LOCK:
             _REPLICAS[key] = replica
     return replica

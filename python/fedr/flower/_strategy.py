@@ -230,10 +230,20 @@ class FedrStrategy(_Strategy):
         return sorted(pairs, key=lambda p: _natural(p[0]))
 
     def _config(self, server_round: int, *, train: bool) -> dict[str, Any]:
+        """The config of a round's messages to the nodes: the model and, to train, how to train it.
+
+        A train message carries the client optimizer (its Keras config as
+        JSON), ``local-epochs`` and, for FedProx, ``proximal-mu`` (left out
+        when it is 0, FedAvg, so a node of a fedr without FedProx still serves
+        a FedAvg run).
+        """
         config: dict[str, Any] = {"server-round": int(server_round), "model": self._model_json}
         if train:
             config["optimizer"] = self._optimizer_json
             config["local-epochs"] = int(self.process.local_epochs)
+            mu = float(self.process.proximal_mu)
+            if mu:
+                config["proximal-mu"] = mu
         return config
 
     # ------------------------------------------------------------------ train

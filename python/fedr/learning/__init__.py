@@ -31,6 +31,7 @@ _OWNERS: dict[str, str] = {
     "ClientsDroppedWarning": "fedr.learning.process",
     "ClientsFailedWarning": "fedr.learning.process",
     "FedAvgProcess": "fedr.learning.process",
+    "FedOpt": "fedr.learning.fedopt",
     "FederatedEvaluation": "fedr.learning.process",
     "FitError": "fedr.learning._fit",
     "FitInterrupted": "fedr.learning._fit",

@@ -49,6 +49,13 @@ def _build_optimizer(fn: Callable[[], Any], argument: str) -> Any:
             f"{argument}: expected a function returning a Keras optimizer, got one returning "
             f"{type(optimizer).__name__}"
         )
+    from fedr.learning.fedopt import FedOpt
+
+    if isinstance(optimizer, FedOpt) and argument == "client_optimizer_fn":
+        raise FedValueError(
+            f"client_optimizer_fn: {optimizer.name} is a server optimizer (it steps with the round's aggregate "
+            "delta, Reddi et al. 2021); give it as server_optimizer_fn"
+        )
     return optimizer
 
 

@@ -7,6 +7,10 @@ Keras's safe mode), the seed and counts are numbers, and the aggregator is
 ``{"name": ..., "params": {...}}`` of one of fedr's built-in aggregator
 builders (mean, sum, median, trimmed_mean, krum, gaussian_fixed,
 gaussian_adaptive, secure_sum, secure_mean); any other name is refused.
+
+Fields added after version 1 was first written have a default and may be
+missing from older senders' specs (``_OPTIONAL``: ``proximal_mu``, 0 being
+FedAvg); every other field must be there, and unknown fields are refused.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ __all__ = ["aggregator_from_data", "aggregator_to_data", "spec_from_json", "spec
 
 FORMAT = "fedr-process-spec"
 VERSION = 1
+# Fields an older sender's spec may lack, and the value they then take.
+_OPTIONAL: dict[str, Any] = {"proximal_mu": 0.0}
 
 
 class _Builder(NamedTuple):
@@ -180,7 +186,8 @@ def spec_from_json(text: str) -> Any:
 
     Raises:
         FedValueError: not JSON, not a fedr process spec, a missing or unknown
-            field, or an unknown aggregator.
+            field, or an unknown aggregator. A missing ``proximal_mu`` (a spec
+            from a fedr without FedProx) reads as 0.0, FedAvg.
     """
     from fedr.learning.model import ModelSpec
     from fedr.learning.spec import ProcessSpec
@@ -193,7 +200,7 @@ def spec_from_json(text: str) -> Any:
         raise FedValueError(f"process spec: not a {FORMAT} (JSON with \"format\": {FORMAT!r})")
     if data.get("version") != VERSION:
         raise FedValueError(f"process spec: version {data.get('version')!r}, this fedr reads version {VERSION}")
-    fields = data["spec"]
+    fields = {**_OPTIONAL, **data["spec"]}
     expected = set(ProcessSpec._fields)
     if set(fields) != expected:
         missing, unknown = sorted(expected - set(fields)), sorted(set(fields) - expected)

@@ -9,6 +9,12 @@ variables after training (BatchNorm statistics), the example count and
 Keras-style metrics, accumulated on the predictions made just before each
 batch's update (McMahan et al. 2016, Algorithm 1, ClientUpdate).
 
+With ``proximal_mu`` > 0 the client runs FedProx's local step instead (Li et
+al. 2020, "Federated Optimization in Heterogeneous Networks"): it minimises
+its loss plus ``mu / 2 * ||w - w_server||^2`` over the trainable weights,
+which keeps heterogeneous clients from drifting far from the round's starting
+weights. ``proximal_mu`` = 0 builds exactly FedAvg's graph.
+
 Nothing is carried from one call to the next: the same weights, data and seed
 give the same output on any replica, in any order.
 """
@@ -30,8 +36,8 @@ from fedr.learning.state import ModelWeights
 from fedr.protocol.messages import ClientFailure, ClientOutput, describe_error
 
 __all__ = [
-    "ClientFailure", "ClientOutput", "ClientTask", "ClientUpdate", "apply_client_step", "client_tensors",
-    "describe_error", "run_client",
+    "ClientFailure", "ClientOutput", "ClientTask", "ClientUpdate", "apply_client_step", "check_proximal_mu",
+    "client_tensors", "describe_error", "run_client",
 ]
 
 
@@ -62,6 +68,19 @@ def client_tensors(client: ClientData) -> tuple[Any, Any, Any]:
         with _TENSORS_LOCK:
             _TENSORS[client] = cached
     return cached
+
+
+def check_proximal_mu(value: Any) -> float:
+    """Return FedProx's ``proximal_mu`` as a float: a finite number >= 0 (0 is plain FedAvg).
+
+    Raises:
+        FedValueError: ``value`` is not a number (a bool, a text, None), not
+            finite, or negative; the message starts with ``proximal_mu:``.
+    """
+    ok = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+    if not ok or not np.isfinite(value) or value < 0:
+        raise FedValueError(f"proximal_mu: expected a number >= 0, got {value!r}")
+    return float(value)
 
 
 def _flat(tensors: list[Any]) -> Any:
@@ -129,9 +148,31 @@ def _target_rule(loss: Any) -> str | None:
 
 
 class ClientUpdate:
-    """Local training and evaluation of one model replica, each one compiled graph."""
+    """Local training and evaluation of one model replica, each one compiled graph.
 
-    def __init__(self, model: Model, optimizer: Any = None, *, local_epochs: int = 1) -> None:
+    Args:
+        model: The replica's model (its variables are scratch space: every
+            call loads the server's weights into them).
+        optimizer: The client's Keras optimizer, built fresh (state reset)
+            for every call; None for a replica that only evaluates.
+        local_epochs: Passes over the client's batches per call.
+        proximal_mu: FedProx's proximal coefficient mu (Li et al. 2020): each
+            step's gradient of every trainable variable ``v`` gets
+            ``mu * (v - v_server)`` added, the exact gradient of
+            ``mu / 2 * ||w - w_server||^2``, where ``w_server`` are the
+            weights the call starts from. The reported loss stays the task
+            loss (the model's loss and its regularisation losses, without the
+            proximal term), so that FedProx and FedAvg report comparable
+            losses. 0 (the default) is FedAvg, with the very same graph.
+
+    Raises:
+        FedValueError: ``proximal_mu`` is not a finite number >= 0.
+    """
+
+    def __init__(
+        self, model: Model, optimizer: Any = None, *, local_epochs: int = 1, proximal_mu: float = 0.0
+    ) -> None:
+        self.proximal_mu = check_proximal_mu(proximal_mu)
         self.model = model
         keras_model = model.keras_model
         self.trainable = model.trainable_variables
@@ -254,6 +295,13 @@ class ClientUpdate:
         for var, value in zip(self.non_trainable, non_trainable, strict=True):
             var.assign(value)
 
+    def _anchors(self, trainable: Any) -> list[Any]:
+        """The flat server weights ``trainable`` as one tensor per trainable variable (split as :meth:`_load`)."""
+        parts = tf.split(trainable, self.sizes) if self.sizes else []
+        return [
+            tf.cast(tf.reshape(part, var.shape), var.dtype) for var, part in zip(self.trainable, parts, strict=True)
+        ]
+
     def _batches(self, x: Any, y: Any, offsets: Any, epochs: int, step: Any, scale: Any) -> Any:
         """Loop ``step(xb, yb)`` over the batches, ``epochs`` times; sum losses and counts.
 
@@ -334,6 +382,9 @@ class ClientUpdate:
         for v in self._opt_state:
             v.assign(tf.zeros_like(v))
         keras_model, loss_fn, variables = self.model.keras_model, self.model.loss, self.trainable
+        mu = self.proximal_mu
+        # Decided here, in Python: with mu == 0 the graph is FedAvg's, op for op.
+        anchors = self._anchors(trainable) if mu > 0 else []
 
         def step(xb: Any, yb: Any) -> Any:
             with tf.GradientTape() as tape:
@@ -342,6 +393,13 @@ class ClientUpdate:
                 if keras_model.losses:
                     loss += tf.add_n(keras_model.losses)
             grads = tape.gradient(loss, variables)
+            if mu > 0:
+                # FedProx (Li et al. 2020): the gradient of mu/2 * ||w - w_server||^2 added by hand,
+                # so the loss returned (and reported) stays the task loss.
+                grads = [
+                    (0.0 if g is None else tf.convert_to_tensor(g)) + mu * (v - a)
+                    for g, v, a in zip(grads, variables, anchors, strict=True)
+                ]
             self.optimizer.apply_gradients(zip(grads, variables))
             return preds, loss
 
@@ -489,15 +547,40 @@ class ClientTask:
     ``replica`` builds a client's compiled model from the process's model
     spec; ``run`` is :func:`run_client`. Carriers (``fedr.executors``) run it
     without importing the learning modules themselves.
+
+    Args:
+        proximal_mu: FedProx's proximal coefficient of the process (see
+            :class:`ClientUpdate`); it travels with the task, so every
+            replica a carrier builds trains the process's way. 0 is FedAvg.
+
+    Raises:
+        FedValueError: ``proximal_mu`` is not a finite number >= 0.
     """
 
+    def __init__(self, proximal_mu: float = 0.0) -> None:
+        self.proximal_mu = check_proximal_mu(proximal_mu)
+
     def replica(self, spec: Any, optimizer: dict[str, Any], local_epochs: int) -> ClientUpdate:
+        """Build a compiled client replica from the model ``spec`` and the optimizer's Keras config.
+
+        Args:
+            spec: The process's :class:`~fedr.learning.ModelSpec`.
+            optimizer: The client optimizer's Keras config.
+            local_epochs: Passes over a client's batches per round.
+
+        Returns:
+            A :class:`ClientUpdate` with this task's ``proximal_mu``.
+        """
         import keras
 
-        return ClientUpdate(spec.build(), keras.saving.deserialize_keras_object(optimizer), local_epochs=local_epochs)
+        return ClientUpdate(
+            spec.build(), keras.saving.deserialize_keras_object(optimizer), local_epochs=local_epochs,
+            proximal_mu=self.proximal_mu,
+        )
 
     def run(self, *args: Any) -> ClientOutput | ClientFailure:
+        """Run one client's task: :func:`run_client` with ``args``."""
         return run_client(*args)
 
     def __repr__(self) -> str:
-        return "ClientTask()"
+        return f"ClientTask(proximal_mu={self.proximal_mu:g})" if self.proximal_mu else "ClientTask()"

@@ -181,7 +181,8 @@ def from_keras_model(
     return Model(keras_model, loss_fn, metric_objs, shape)
 
 
-_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam"}
+# Keras's optimizers by class name; "fed*" are the server optimizers of Reddi et al. (fedr.learning.fedopt).
+_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "fedadagrad": "adagrad", "fedyogi": "yogi", "fedadam": "adam"}
 # Each optimizer's options and their rule: "unit" in [0, 1), "positive" > 0, "non_negative", "flag".
 _OPTIONS = {
     "sgd": {"momentum": "unit", "nesterov": "flag", "weight_decay": "non_negative", "clipnorm": "positive"},
@@ -189,6 +190,9 @@ _OPTIONS = {
         "beta_1": "unit", "beta_2": "unit", "epsilon": "positive", "amsgrad": "flag",
         "weight_decay": "non_negative", "clipnorm": "positive",
     },
+    "fedadagrad": {"beta_1": "unit", "tau": "positive"},
+    "fedyogi": {"beta_1": "unit", "beta_2": "unit", "tau": "positive"},
+    "fedadam": {"beta_1": "unit", "beta_2": "unit", "tau": "positive"},
 }
 
 
@@ -223,8 +227,12 @@ def optimizer_fn(name: str, learning_rate: float, **kwargs: Any) -> Callable[[],
 
     Args:
         name: ``"sgd"`` (options ``momentum``, ``nesterov``, ``weight_decay``,
-            ``clipnorm``) or ``"adam"`` (options ``beta_1``, ``beta_2``,
-            ``epsilon``, ``amsgrad``, ``weight_decay``, ``clipnorm``).
+            ``clipnorm``), ``"adam"`` (Keras's Adam: options ``beta_1``,
+            ``beta_2``, ``epsilon``, ``amsgrad``, ``weight_decay``,
+            ``clipnorm``), or a server optimizer of Reddi et al. 2021
+            (:mod:`fedr.learning.fedopt`): ``"fedadagrad"`` (options
+            ``beta_1``, ``tau``), ``"fedyogi"`` and ``"fedadam"`` (options
+            ``beta_1``, ``beta_2``, ``tau``; defaults 0.9, 0.99, 1e-3).
         learning_rate: A positive learning rate.
         **kwargs: The options above.
 
@@ -245,6 +253,10 @@ def optimizer_fn(name: str, learning_rate: float, **kwargs: Any) -> Callable[[],
     options = {option: _check_option(key, option, value) for option, value in kwargs.items()}
 
     def build() -> Any:
+        if key.startswith("fed"):
+            from fedr.learning.fedopt import FedOpt
+
+            return FedOpt(_OPTIMIZERS[key], learning_rate=lr, **options)
         import keras
 
         return getattr(keras.optimizers, _OPTIMIZERS[key])(learning_rate=lr, **options)

@@ -8,6 +8,12 @@ aggregate with a server optimizer. The default server optimizer, SGD with
 learning rate 1.0, adds the mean delta to the weights and so recovers the
 original FedAvg.
 
+FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks")
+is the same process with ``proximal_mu`` > 0: each client minimises its loss
+plus ``mu / 2 * ||w - w_server||^2`` (see
+:class:`~fedr.learning.client_update.ClientUpdate`); ``proximal_mu`` = 0 is
+FedAvg bit for bit.
+
 One round is data flowing one way (../shared/DESIGN.md, README "How fedr is built")::
 
     begin_round -> [stages before training] -> client views -> client tasks (train, encode)
@@ -52,7 +58,7 @@ from fedr.learning._round import (
     _client_seeds,
     combine_metrics,
 )
-from fedr.learning.client_update import ClientFailure, ClientOutput, ClientTask, ClientUpdate
+from fedr.learning.client_update import ClientFailure, ClientOutput, ClientTask, ClientUpdate, check_proximal_mu
 from fedr.learning.evaluation import FederatedEvaluation, build_fed_eval
 from fedr.learning.sampling import sample_clients, sample_clients_poisson
 from fedr.learning.spec import ProcessSpec
@@ -78,7 +84,16 @@ __all__ = [
 
 
 class FedAvgProcess:
-    """The federated averaging process: ``initialize()`` then ``next(state, data)`` per round."""
+    """The federated averaging process: ``initialize()`` then ``next(state, data)`` per round.
+
+    Built by :func:`build_weighted_fed_avg`, whose arguments it takes (all but
+    ``workers``); see there. ``proximal_mu`` > 0 makes it FedProx.
+
+    Raises:
+        FedTypeError: an argument is not of the expected kind.
+        FedValueError: ``local_epochs``, ``proximal_mu``, ``seed`` or
+            ``min_clients`` is out of range.
+    """
 
     def __init__(
         self,
@@ -91,9 +106,11 @@ class FedAvgProcess:
         executor: Executor | None = None,
         seed: int | None = None,
         min_clients: int | float = 1,
+        proximal_mu: float = 0.0,
     ) -> None:
         if isinstance(local_epochs, bool) or not isinstance(local_epochs, int | np.integer) or local_epochs < 1:
             raise FedValueError(f"local_epochs: expected a positive integer, got {local_epochs!r}")
+        self.proximal_mu = check_proximal_mu(proximal_mu)
         _check_factory(client_optimizer_fn, "client_optimizer_fn")
         _check_factory(server_optimizer_fn, "server_optimizer_fn")
         self.seed = _seeds.check_seed(seed)
@@ -116,6 +133,7 @@ class FedAvgProcess:
                 _build_model(model_fn),
                 _build_optimizer(client_optimizer_fn, "client_optimizer_fn"),
                 local_epochs=int(local_epochs),
+                proximal_mu=self.proximal_mu,
             )
 
         # The first replica now, for the initial weights; the others when a
@@ -158,7 +176,7 @@ class FedAvgProcess:
             f"FedAvgProcess(model={self._first.model!r}, "
             f"client_optimizer={type(self._first.optimizer).__name__}, "
             f"server_optimizer={type(self.server.optimizer).__name__}, "
-            f"local_epochs={self.local_epochs}, aggregator={self.aggregator!r}, "
+            f"local_epochs={self.local_epochs}, proximal_mu={self.proximal_mu:g}, aggregator={self.aggregator!r}, "
             f"executor={self.executor!r}, seed={self.seed})"
         )
 
@@ -234,16 +252,20 @@ class FedAvgProcess:
             # The same job for every carrier; only how it reaches the clients differs.
             results = carry.train(RoundJob(
                 self._spec, self._optimizer_config, self.local_epochs, state.model, state.flat_weights, clients,
-                list(plan.seeds), aggregator, self.client_views(plan), lost, carry.round_key, ClientTask(),
+                list(plan.seeds), aggregator, self.client_views(plan), lost, carry.round_key, self._task(),
             ))
             return self.finish_round(plan, results, stacklevel=3, carry=carry)
         finally:
             carry.close()
 
+    def _task(self) -> ClientTask:
+        """The client task carriers run, with this process's ``proximal_mu`` (for the replicas they build)."""
+        return ClientTask(self.proximal_mu)
+
     def _carrier(self, clients: Sequence[ClientData]) -> Any:
         """Who carries this round to its clients: the Ray executor (sessions on its actors) or this process."""
         if self._remote:
-            return self.executor.stage_carrier(self._spec, self._optimizer_config, self.local_epochs, ClientTask())
+            return self.executor.stage_carrier(self._spec, self._optimizer_config, self.local_epochs, self._task())
         jobs = _group_jobs(clients, self.local_epochs, self._local.workers)
         grouped = [clients[job[0]] for job in jobs if len(job) > 1]
         grow = self._replicas.prepare(clients, train=True, grouped=grouped, defer=True)
@@ -414,6 +436,7 @@ class FedAvgProcess:
             self.aggregator,
             self.seed,
             self.min_clients,
+            self.proximal_mu,
         )
 
     @property
@@ -455,6 +478,7 @@ def build_weighted_fed_avg(
     seed: int | None = None,
     workers: int | None = None,
     min_clients: int | float = 1,
+    proximal_mu: float = 0.0,
 ) -> FedAvgProcess:
     """Build the example-weighted federated averaging process.
 
@@ -485,13 +509,22 @@ def build_weighted_fed_avg(
             (``num_clients_failed`` and a :class:`ClientsFailedWarning`); with
             fewer than ``min_clients`` left the round fails and the state is
             unchanged.
+        proximal_mu: FedProx's proximal coefficient mu (Li et al. 2020), a
+            finite number >= 0: each client minimises its loss plus
+            ``mu / 2 * ||w - w_server||^2`` over the trainable weights, with
+            ``w_server`` the round's starting weights, which limits how far
+            clients with heterogeneous data drift. The training ``loss``
+            reported stays the task loss, without the proximal term. 0 (the
+            default) is FedAvg, bit for bit.
 
     Returns:
         A :class:`FedAvgProcess` with ``initialize``, ``next`` and ``evaluate``.
 
     Raises:
         FedTypeError: an argument is not of the expected kind.
-        FedValueError: ``local_epochs``, ``seed`` or ``workers`` is out of range.
+        FedValueError: ``local_epochs``, ``proximal_mu``, ``seed`` or ``workers``
+            is out of range; for ``proximal_mu`` the message starts with
+            ``"proximal_mu: expected a number >= 0, got"``.
     """
     if workers is not None:
         if executor is not None:
@@ -508,6 +541,7 @@ def build_weighted_fed_avg(
         executor=executor,
         seed=seed,
         min_clients=min_clients,
+        proximal_mu=proximal_mu,
     )
 
 

@@ -3,8 +3,10 @@
 The aggregate model delta points downhill, so the server optimizer steps
 against ``-delta``. SGD with learning rate 1.0 adds the mean delta to the
 weights, the original FedAvg (McMahan et al. 2016); SGD with momentum gives
-FedAvgM (Hsu et al. 2019) and Adam gives FedAdam (Reddi et al. 2020,
-"Adaptive Federated Optimization").
+FedAvgM (Hsu et al. 2019); Keras's Adam is an Adam on the server, and the
+paper's FedAdagrad, FedYogi and FedAdam (Reddi et al. 2021, "Adaptive
+Federated Optimization", with their adaptivity tau and no bias correction)
+are :mod:`fedr.learning.fedopt`.
 
 The optimizer sees the trainable weights as one flat vector; SGD and Adam act
 elementwise, so this equals applying them per layer. Its variables are scratch
@@ -60,16 +62,16 @@ class ServerOptimizer:
         self._vars = [v for v in optimizer.variables if v is not lr]
         # Names without the optimizer's prefix: "iteration", "server_weights_0_momentum".
         self.names = tuple(v.name for v in self._vars)
+        # The values the optimizer builds its variables with (zeros for SGD and Adam; FedOpt's v starts at tau^2).
+        self._initial = tuple(np.array(v.numpy()) for v in self._vars)
         self._lock = threading.Lock()
         self._apply = tf.function(self._apply_graph)
         # Traced once per optimizer; TensorFlow would count traces of all instances together.
         self._apply._omit_frequent_tracing_warning = True
 
     def init(self) -> NamedArrays:
-        """Return the optimizer's initial named state (zeros, iteration 0)."""
-        return tuple(
-            (n, np.zeros(tuple(v.shape), np.dtype(v.dtype))) for n, v in zip(self.names, self._vars, strict=True)
-        )
+        """Return the optimizer's initial named state: its variables as it builds them (iteration 0)."""
+        return tuple((n, value.copy()) for n, value in zip(self.names, self._initial, strict=True))
 
     def check(self, state: NamedArrays, what: str = "state") -> None:
         """Raise FedValueError unless ``state`` has this optimizer's variables."""

@@ -17,6 +17,10 @@ class ProcessSpec(NamedTuple):
     built (:meth:`FedAvgProcess.to_spec`); picklable (between one's own
     processes), and JSON (:meth:`to_json`) wherever the receiver must not run
     the sender's code.
+
+    ``proximal_mu`` is FedProx's proximal coefficient (0: FedAvg); it comes
+    last, with a default, so that specs built without it (and JSON written
+    before it existed) still work.
     """
 
     model: Any  # fedr.learning.model.ModelSpec
@@ -26,10 +30,13 @@ class ProcessSpec(NamedTuple):
     aggregator: Aggregator
     seed: int | None
     min_clients: int | float
+    proximal_mu: float = 0.0
 
     def build(self, executor: Executor | None = None) -> Any:
         """Build the process again (with ``executor``, default threads)."""
         import keras
+
+        import fedr.learning.fedopt  # noqa: F401 - registers fedr>FedOpt for the configs below
 
         def client_optimizer() -> Any:
             return keras.saving.deserialize_keras_object(self.client_optimizer)
@@ -42,6 +49,7 @@ class ProcessSpec(NamedTuple):
         return FedAvgProcess(
             self.model.build, client_optimizer, server_optimizer, local_epochs=self.local_epochs,
             aggregator=self.aggregator, executor=executor, seed=self.seed, min_clients=self.min_clients,
+            proximal_mu=self.proximal_mu,
         )
 
     def to_json(self) -> str:

@@ -111,12 +111,17 @@ test_that("workflow arguments are checked in R, Python errors come back plain", 
   # The core's rules, with the argument named, reach R as fedr_error.
   err <- tryCatch(fed_optimizer("rmsprop", 0.1), error = identity)
   expect_s3_class(err, "fedr_error")
-  expect_identical(conditionMessage(err), "`name`: expected one of ['adam', 'sgd'], got 'rmsprop'")
+  expect_identical(conditionMessage(err), "`name`: expected one of ['adam', 'fedadagrad', 'fedadam', 'fedyogi', 'sgd'], got 'rmsprop'")
   expect_identical(err$arg, "name")
   expect_error(fed_optimizer("sgd"), "`learning_rate` is missing", class = "fedr_error")
   expect_error(fed_optimizer("sgd", -1), "`learning_rate`: expected a positive number, got -1", class = "fedr_error")
   expect_error(fed_optimizer("sgd", 0.1, beta_1 = 0.9), "`beta_1`: unknown option of 'sgd'; options are momentum, nesterov, weight_decay, clipnorm", class = "fedr_error")
   expect_error(fed_optimizer("sgd", 0.1, 0.9), "Options in `...` must be named", class = "fedr_error")
+  expect_error(fed_optimizer("fedadagrad", 0.1, beta_2 = 0.9),
+               "`beta_2`: unknown option of 'fedadagrad'; options are beta_1, tau", class = "fedr_error")
+  expect_error(fed_optimizer("fedyogi", 0.1, tau = 0), "`tau`: expected a positive number, got 0", class = "fedr_error")
+  expect_error(fed_averaging(fed_model(keras_model_fn()), fed_optimizer("fedadam", 0.1)),
+               "`client_optimizer`: fedadam is a server optimizer", class = "fedr_error")
   # NA is refused in R (it used to reach Python as True).
   expect_error(fed_optimizer("sgd", 0.1, momentum = NA), "`momentum` must not be NA or NaN, got NA (logical).", fixed = TRUE, class = "fedr_error_input")
   expect_error(fed_optimizer("sgd", 0.1, momentum = 1.5), "`momentum`: expected a number in \\[0, 1\\), got 1.5", class = "fedr_error")
