@@ -447,7 +447,7 @@ def test_arguments_are_validated_with_their_names():
         learning.build_weighted_fed_avg(_dense_fn(), sgd, aggregator=lambda outputs: outputs)
     with pytest.raises(TypeError, match=r"client_optimizer_fn: expected a function returning a Keras optimizer, got one returning str"):
         learning.build_weighted_fed_avg(_dense_fn(), lambda: "sgd")
-    with pytest.raises(ValueError, match=r"name: expected one of \['adam', 'sgd'\], got 'rmsprop'"):
+    with pytest.raises(ValueError, match=r"name: expected one of \['adam', 'fedadagrad', 'fedadam', 'fedyogi', 'sgd'\], got 'rmsprop'"):
         learning.optimizer_fn("rmsprop", 0.1)
     with pytest.raises(ValueError, match=r"momentum: unknown option of 'adam'; options are beta_1, beta_2, epsilon"):
         learning.optimizer_fn("adam", 0.1, momentum=0.9)
