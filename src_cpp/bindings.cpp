@@ -403,6 +403,36 @@ py::array_t<double> pairwise_sq_distances(const py::object& updates, py::ssize_t
   return out;
 }
 
+py::tuple geometric_median(const py::object& updates, const py::object& weights, double smoothing,
+                           py::ssize_t max_iterations, double tolerance, py::ssize_t num_threads) {
+  const std::size_t threads = thread_count(num_threads);
+  if (!(smoothing > 0.0) || !std::isfinite(smoothing)) {
+    std::ostringstream s;
+    s << "smoothing must be a finite number > 0, got " << smoothing;
+    fail(s.str());
+  }
+  if (max_iterations < 0) fail("max_iterations must be >= 0, got " + std::to_string(max_iterations));
+  if (!(tolerance >= 0.0) || !std::isfinite(tolerance)) {
+    std::ostringstream s;
+    s << "tolerance must be a finite number >= 0, got " << tolerance;
+    fail(s.str());
+  }
+  std::vector<FloatArray> keep;
+  std::size_t n = 0;
+  const std::vector<const float*> rows = update_rows(updates, keep, n);
+  const std::vector<double> w = as_weights(weights, rows.size());
+  py::array_t<float> out(static_cast<py::ssize_t>(n));
+  float* dst = out.mutable_data();
+  fedr::GeometricMedianInfo info;
+  {
+    py::gil_scoped_release release;
+    info = fedr::geometric_median(rows.data(), w.data(), rows.size(), n, smoothing,
+                                  static_cast<std::size_t>(max_iterations), tolerance, dst, threads);
+  }
+  if (!info.finite) fail_first_bad(rows, n, true, "the geometric median needs finite updates");
+  return py::make_tuple(out, info.iterations, info.objective, info.converged);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -519,6 +549,35 @@ PYBIND11_MODULE(_kernels, m) {
     Raises:
       ValueError: a non-finite value (named by row and index), or as
         coordinate_median.
+  )pbdoc");
+
+  m.def("geometric_median", &geometric_median, py::arg("updates"), py::arg("weights"),
+        py::kw_only(), py::arg("smoothing") = 1e-6, py::arg("max_iterations") = 100,
+        py::arg("tolerance") = 1e-6, py::arg("num_threads") = 0,
+        R"pbdoc(
+    Return the smoothed Weiszfeld geometric median of K updates (RFA, Pillutla et al. 2022).
+
+    From the weighted mean z, repeats z <- sum_i b_i x_i / sum_i b_i with
+    b_i = w_i / max(smoothing, ||z - x_i||) until the objective
+    g(z) = sum_i w_i ||z - x_i|| (weights scaled to sum 1) changes by at most
+    tolerance * g, or max_iterations steps. Float64 sums, the same result
+    whatever the number of threads.
+
+    Args:
+      updates: as in coordinate_median.
+      weights: K finite non-negative numbers with a positive sum (alpha_i).
+      smoothing: nu > 0, the smallest distance a weight divides by.
+      max_iterations: Weiszfeld steps after the initial mean (>= 0).
+      tolerance: the relative change of the objective that stops it (>= 0).
+      num_threads: threads to use; 0 chooses from the size of the work.
+
+    Returns:
+      (median, iterations, objective, converged): float32 (N,), the steps
+      taken, g at the result, and whether the tolerance was met.
+
+    Raises:
+      ValueError: a non-finite value (named by row and index), bad weights
+        or parameters, or as coordinate_median.
   )pbdoc");
 
   m.def("uses_avx2", &fedr::uses_avx2, "Return True if the AVX2+FMA loops run on this CPU.");

@@ -54,6 +54,10 @@ def _aggregators():
         "median": aggregators.median(),
         "trimmed_mean": aggregators.trimmed_mean(0.2),
         "krum": aggregators.krum(1),
+        "geometric_median": aggregators.geometric_median(),
+        "bulyan": aggregators.bulyan(0),  # six clients: f = 1 needs 4f + 3 = 7
+        "norm_bounded": aggregators.norm_bounded(0.01),
+        "zeroing": aggregators.zeroing(10.0, inner=aggregators.median()),
         "secure_mean": privacy.secure_mean(),
         "gaussian_fixed": privacy.gaussian_fixed(0.5, 6, 1.0, population_size=6, target_delta=1e-5,
                                                  sampling="all"),

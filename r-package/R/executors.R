@@ -165,3 +165,83 @@ fed_aggregator_krum <- function(num_byzantine, num_selected = 1L) {
   )
   new_fed_component(py, "fed_aggregator", "krum")
 }
+
+#' More robust aggregators: geometric median, Bulyan, norm bounds
+#'
+#' `fed_aggregator_geometric_median()` takes the geometric median of the
+#' updates, weighted by example counts (RFA, Pillutla et al. 2022), by the
+#' smoothed Weiszfeld iteration in fedr's C++ kernel; it tolerates bad
+#' clients holding less than half the weight and needs 3 clients per round.
+#' `fed_aggregator_bulyan()` selects `n - 2 * f` updates by repeated Krum and
+#' averages, coordinate by coordinate, the `n - 4 * f` selected values nearest
+#' the median (El Mhamdi et al. 2018); it needs `4 * f + 3` clients per round.
+#' `fed_aggregator_norm_bounded()` clips every update to L2 norm `max_norm` on
+#' the server before the `inner` aggregator, and `fed_aggregator_zeroing()`
+#' drops updates that are longer or not finite (their count is the round's
+#' `num_zeroed` metric); both default to the example-weighted mean (Sun et
+#' al. 2019).
+#'
+#' @param smoothing The smallest distance an update's weight divides by (nu > 0).
+#' @param max_iterations The most Weiszfeld steps after the initial mean.
+#' @param tolerance The relative change of the objective that stops the iteration.
+#' @param weighted Weight clients by their example counts (as the paper);
+#'   `FALSE` gives every client the same weight, so a client cannot gain
+#'   weight by claiming many examples.
+#' @param num_byzantine f, the number of bad clients Bulyan tolerates.
+#' @param max_norm The largest L2 norm an update keeps (norm bounding) or may
+#'   have (zeroing).
+#' @param inner The aggregator after the bound: `NULL` (the weighted mean) or
+#'   one that reads the updates as they are, such as
+#'   [fed_aggregator_median()] or [fed_aggregator_trimmed_mean()].
+#' @returns A `fed_aggregator`.
+#' @family workflow
+#' @export
+#' @examplesIf fedr_available()
+#' fed_aggregator_geometric_median()
+#' fed_aggregator_bulyan(num_byzantine = 1)
+#' fed_aggregator_norm_bounded(1.0, inner = fed_aggregator_median())
+#' fed_aggregator_zeroing(10)
+fed_aggregator_geometric_median <- function(smoothing = 1e-6, max_iterations = 100L, tolerance = 1e-6,
+                                            weighted = TRUE) {
+  weighted <- check_flag(weighted, "weighted")
+  aggregators <- fedr_module("fedr.aggregators")
+  py <- fedr_call(
+    aggregators$geometric_median(smoothing, as_integer(max_iterations, "max_iterations", min = 0L), tolerance,
+                                 weighted = weighted),
+    arg = c("smoothing", "max_iterations", "tolerance")
+  )
+  new_fed_component(py, "fed_aggregator", "geometric_median")
+}
+
+#' @rdname fed_aggregator_geometric_median
+#' @export
+fed_aggregator_bulyan <- function(num_byzantine) {
+  if (missing(num_byzantine)) fedr_abort("`num_byzantine` is missing.", "num_byzantine")
+  aggregators <- fedr_module("fedr.aggregators")
+  py <- fedr_call(aggregators$bulyan(as_integer(num_byzantine, "num_byzantine", min = 0L)), arg = "num_byzantine")
+  new_fed_component(py, "fed_aggregator", "bulyan")
+}
+
+#' @rdname fed_aggregator_geometric_median
+#' @export
+fed_aggregator_norm_bounded <- function(max_norm, inner = NULL) {
+  new_bounded("norm_bounded", max_norm, inner)
+}
+
+#' @rdname fed_aggregator_geometric_median
+#' @export
+fed_aggregator_zeroing <- function(max_norm, inner = NULL) {
+  new_bounded("zeroing", max_norm, inner)
+}
+
+# norm_bounded() and zeroing(): one bound in front of an inner aggregator (checked in Python).
+new_bounded <- function(kind, max_norm, inner) {
+  if (missing(max_norm)) fedr_abort("`max_norm` is missing.", "max_norm")
+  if (!is.null(inner) && !inherits(inner, "fed_aggregator")) {
+    fedr_abort(sprintf("`inner` must be NULL or an aggregator such as fed_aggregator_median(), not %s.", describe(inner)), "inner")
+  }
+  aggregators <- fedr_module("fedr.aggregators")
+  build <- if (identical(kind, "zeroing")) aggregators$zeroing else aggregators$norm_bounded
+  py <- fedr_call(build(max_norm, inner = as_inner(inner)), arg = c("max_norm", "inner"))
+  new_fed_component(py, "fed_aggregator", kind)
+}

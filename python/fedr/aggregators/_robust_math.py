@@ -1,10 +1,15 @@
-"""The robust aggregators' arithmetic: C++ kernels (fedr._kernels) and their numpy references."""
+"""The robust aggregators' arithmetic: C++ kernels (fedr._kernels) and their numpy references.
+
+Median and trimmed mean (Yin et al. 2018), Krum (Blanchard et al. 2017), the
+smoothed Weiszfeld geometric median of RFA (Pillutla et al. 2022) and Bulyan
+(El Mhamdi et al. 2018).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -288,3 +293,233 @@ def pairwise_sq_distances(updates: Updates, *, backend: Backend = "auto") -> np.
         ImportError: ``backend="kernel"`` and the kernel is not built.
     """
     return _dispatch(backend, pairwise_sq_distances_numpy, "pairwise_sq_distances", updates)
+
+
+# --- geometric median (RFA) ------------------------------------------------------
+
+
+class WeiszfeldResult(NamedTuple):
+    """The smoothed Weiszfeld geometric median and how it got there."""
+
+    median: np.ndarray  # float32 (N,)
+    iterations: int  # Weiszfeld steps after the initial weighted mean
+    objective: float  # sum_i alpha_i ||median - x_i||, alpha scaled to sum 1
+    converged: bool  # the relative change of the objective met the tolerance
+
+
+def _check_gm_params(smoothing: object, max_iterations: object, tolerance: object) -> tuple[float, int, float]:
+    """``(smoothing, max_iterations, tolerance)`` checked: nu > 0, steps >= 0, tolerance >= 0, all finite."""
+    values = []
+    for name, value, strict in (("smoothing", smoothing, True), ("tolerance", tolerance, False)):
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise FedTypeError(f"{name}: expected a finite number {'>' if strict else '>='} 0, got {type(value).__name__}")
+        v = float(value)
+        if not math.isfinite(v) or v < 0 or (strict and v == 0):
+            raise FedValueError(f"{name}: expected a finite number {'>' if strict else '>='} 0, got {value!r}")
+        values.append(v)
+    return values[0], _check_count(max_iterations, "max_iterations", 0), values[1]
+
+
+def _alpha(weights: Sequence[float] | np.ndarray | None, k: int) -> np.ndarray:
+    """The example weights alpha_i scaled to sum 1 (equal without weights), as the kernel scales them."""
+    w = np.ones(k) if weights is None else check_weights(weights, k)
+    w = np.ldexp(w, -math.frexp(float(w.max()))[1])  # a power of two first: a tiny total stays finite
+    return w / w.sum()
+
+
+def _weiszfeld_step(matrix: np.ndarray, w: np.ndarray, chunk: int = 1 << 15) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, d)``: z = sum_i w_i x_i (w summing to 1) and d_i = ||z - x_i||, in float64, a block of columns at a time."""
+    k, n = matrix.shape
+    z = np.empty(n, np.float64)
+    sq = np.zeros(k, np.float64)
+    for c in range(0, n, chunk):
+        x = matrix[:, c : c + chunk].astype(np.float64)
+        zc = w @ x
+        z[c : c + chunk] = zc
+        diff = x - zc
+        sq += np.einsum("ij,ij->i", diff, diff)
+    return z, np.sqrt(sq)
+
+
+def geometric_median_numpy(
+    updates: Updates,
+    weights: Sequence[float] | np.ndarray | None = None,
+    *,
+    smoothing: float = 1e-6,
+    max_iterations: int = 100,
+    tolerance: float = 1e-6,
+) -> WeiszfeldResult:
+    """Return the smoothed Weiszfeld geometric median of K updates with numpy (the kernel's reference).
+
+    RFA (Pillutla et al. 2022): from the alpha-weighted mean z, repeat
+    ``z <- sum_i beta_i x_i / sum_i beta_i`` with
+    ``beta_i = alpha_i / max(smoothing, ||z - x_i||)`` until the objective
+    ``g(z) = sum_i alpha_i ||z - x_i||`` changes by at most ``tolerance * g``
+    (relative), or ``max_iterations`` steps. Computed in float64.
+
+    Args:
+        updates: As in :func:`median_numpy`.
+        weights: alpha_i, e.g. example counts; None weights every update the same.
+        smoothing: nu > 0: no update weighs more than if it were nu away.
+        max_iterations: The most Weiszfeld steps after the initial mean (>= 0).
+        tolerance: The relative change of the objective that stops it (>= 0).
+
+    Returns:
+        A :class:`WeiszfeldResult` (float32 median of shape (N,)).
+
+    Raises:
+        FedValueError: A non-finite value, bad weights or parameters, or as
+            :func:`median_numpy`.
+        FedTypeError: A parameter is not a number, or as :func:`median_numpy`.
+    """
+    nu, steps, tol = _check_gm_params(smoothing, max_iterations, tolerance)
+    matrix = _matrix(updates, nan_ok=False, why="the geometric median needs finite updates", finite=True)
+    a = _alpha(weights, matrix.shape[0])
+    z, d = _weiszfeld_step(matrix, a)
+    g = float(a @ d)
+    iterations, converged = 0, False
+    for _ in range(steps):
+        beta = a / np.maximum(nu, d)
+        z, d = _weiszfeld_step(matrix, beta / beta.sum())
+        previous, g = g, float(a @ d)
+        iterations += 1
+        if abs(previous - g) <= tol * g:
+            converged = True
+            break
+    return WeiszfeldResult(z.astype(np.float32), iterations, g, converged)
+
+
+def smoothed_weiszfeld(
+    updates: Updates,
+    weights: Sequence[float] | np.ndarray | None = None,
+    *,
+    smoothing: float = 1e-6,
+    max_iterations: int = 100,
+    tolerance: float = 1e-6,
+    backend: Backend = "auto",
+) -> WeiszfeldResult:
+    """Return the (alpha-weighted) geometric median of K updates by smoothed Weiszfeld (RFA).
+
+    The same rule as :func:`geometric_median_numpy`; the kernel fuses each
+    step's weighted mean and distances into one pass over the data (float64
+    sums, the result independent of the number of threads).
+
+    Args:
+        updates: As in :func:`coordinate_median`.
+        weights: alpha_i, e.g. example counts; None weights every update the same.
+        smoothing: nu > 0 (the paper's default 1e-6).
+        max_iterations: The most Weiszfeld steps after the initial mean (>= 0).
+        tolerance: The relative change of the objective that stops it (>= 0).
+        backend: As in :func:`coordinate_median`.
+
+    Returns:
+        A :class:`WeiszfeldResult`.
+
+    Raises:
+        FedValueError: A non-finite value, bad weights or parameters, or as
+            :func:`coordinate_median`.
+        FedTypeError: A parameter is not a number, or as :func:`coordinate_median`.
+        ImportError: ``backend="kernel"`` and the kernel is not built.
+    """
+    nu, steps, tol = _check_gm_params(smoothing, max_iterations, tolerance)
+    if not _use_kernel(backend) or not hasattr(_kernels, "geometric_median"):
+        if backend == "kernel":
+            raise ImportError("backend='kernel' but fedr._kernels has no geometric_median; rebuild fedr")
+        return geometric_median_numpy(updates, weights, smoothing=nu, max_iterations=steps, tolerance=tol)
+    checked, k, _ = _check_updates(updates)
+    w = np.ones(k) if weights is None else check_weights(weights, k)
+    try:
+        median, iterations, objective, converged = _kernels.geometric_median(
+            checked, w, smoothing=nu, max_iterations=steps, tolerance=tol
+        )
+    except ValueError as err:
+        raise FedValueError(str(err)) from None
+    return WeiszfeldResult(median, int(iterations), float(objective), bool(converged))
+
+
+# --- Bulyan ----------------------------------------------------------------------
+
+
+def _check_bulyan_clients(f: int, n: int) -> None:
+    if n < 4 * f + 3:
+        raise FedValueError(
+            f"num_byzantine={f}: Bulyan needs at least 4 * num_byzantine + 3 = {4 * f + 3} "
+            f"clients, got {n} clients"
+        )
+
+
+def _bulyan_select(distances: np.ndarray, f: int) -> np.ndarray:
+    """The theta = n - 2f rows Bulyan keeps: Krum on the rest, n - 2f times, removing each winner.
+
+    Each Krum runs on the m rows still in: a score sums the max(1, m - f - 2)
+    smallest squared distances to the others (ties go to the earlier row);
+    the last one standing is taken as it is.
+    """
+    n = distances.shape[0]
+    _check_bulyan_clients(f, n)
+    remaining = list(range(n))
+    selected: list[int] = []
+    while len(selected) < n - 2 * f:
+        m = len(remaining)
+        if m == 1:
+            selected.append(remaining.pop())
+            break
+        sub = distances[np.ix_(remaining, remaining)]
+        others = sub[~np.eye(m, dtype=bool)].reshape(m, m - 1)
+        scores = np.sort(others, axis=1)[:, : max(1, m - f - 2)].sum(axis=1)
+        selected.append(remaining.pop(int(np.argmin(scores))))
+    return np.sort(np.array(selected, dtype=np.int64))
+
+
+def _closest_to_median_mean(matrix: np.ndarray, count: int) -> np.ndarray:
+    """Per coordinate, the float64 mean of the ``count`` values closest to the median (ties: the smaller)."""
+    s = np.sort(matrix.astype(np.float64), axis=0)
+    theta, n = s.shape
+    med = np.median(s, axis=0)
+    # The `count` nearest values to the median are a window of the sorted
+    # column: grow it from the median, one value at a time, from the nearer side.
+    lo = (s < med).sum(axis=0)
+    hi = lo.copy()
+    cols = np.arange(n)
+    total = np.zeros(n, np.float64)
+    for _ in range(count):
+        left = s[np.maximum(lo - 1, 0), cols]
+        right = s[np.minimum(hi, theta - 1), cols]
+        dl = np.where(lo > 0, med - left, np.inf)
+        dr = np.where(hi < theta, right - med, np.inf)
+        take_left = dl <= dr
+        total += np.where(take_left, left, right)
+        lo -= take_left
+        hi += ~take_left
+    return total / count
+
+
+def _bulyan(matrix: np.ndarray, distances: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
+    selected = _bulyan_select(distances, f)
+    beta = len(selected) - 2 * f
+    return _closest_to_median_mean(matrix[selected], beta).astype(np.float32), selected
+
+
+def bulyan_numpy(updates: Updates, num_byzantine: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return Bulyan's aggregate of K updates with numpy, and the selected indices.
+
+    El Mhamdi et al. 2018: theta = K - 2f updates are chosen by Krum run
+    again on what is left after each choice; then, coordinate by coordinate,
+    the beta = theta - 2f of their values closest to the median are averaged.
+
+    Args:
+        updates: As in :func:`median_numpy`.
+        num_byzantine: f; K must be at least 4f + 3.
+
+    Returns:
+        ``(update, selected)``: the float32 (N,) aggregate and the theta
+        selected row indices in increasing order.
+
+    Raises:
+        FedValueError: K < 4f + 3, a non-finite value, or as :func:`median_numpy`.
+        FedTypeError: ``num_byzantine`` is not an int, or as :func:`median_numpy`.
+    """
+    f = _check_count(num_byzantine, "num_byzantine", 0)
+    matrix = _matrix(updates)
+    _check_bulyan_clients(f, matrix.shape[0])
+    return _bulyan(matrix, pairwise_sq_distances_numpy(matrix), f)

@@ -5,8 +5,9 @@ SuperLink's machine) is data, never a pickle: unpickling runs whatever code
 the sender chose. The model and optimizers are Keras configs (rebuilt with
 Keras's safe mode), the seed and counts are numbers, and the aggregator is
 ``{"name": ..., "params": {...}}`` of one of fedr's built-in aggregator
-builders (mean, sum, median, trimmed_mean, krum, gaussian_fixed,
-gaussian_adaptive, secure_sum, secure_mean); any other name is refused.
+builders (mean, sum, median, trimmed_mean, krum, geometric_median, bulyan,
+norm_bounded, zeroing, gaussian_fixed, gaussian_adaptive, secure_sum,
+secure_mean); any other name is refused.
 
 Fields added after version 1 was first written have a default and may be
 missing from older senders' specs (``_OPTIONAL``: ``proximal_mu``, 0 being
@@ -53,6 +54,10 @@ def _builders() -> dict[str, _Builder]:
         "median": _Builder(agg.Median, agg.median, {}, always),
         "trimmed_mean": _Builder(agg.TrimmedMean, agg.trimmed_mean, {}, always),
         "krum": _Builder(agg.Krum, agg.krum, {}, always),
+        "geometric_median": _Builder(agg.GeometricMedian, agg.geometric_median, {}, always),
+        "bulyan": _Builder(agg.Bulyan, agg.bulyan, {}, always),
+        "norm_bounded": _Builder(agg.NormBounded, agg.norm_bounded, {}, always),
+        "zeroing": _Builder(agg.Zeroing, agg.zeroing, {}, always),
         "gaussian_fixed": _Builder(privacy.GaussianDP, privacy.gaussian_fixed, {"clip": "initial_clip"},
                                    lambda a: not a.adaptive),
         "gaussian_adaptive": _Builder(privacy.GaussianDP, privacy.gaussian_adaptive, {}, lambda a: bool(a.adaptive)),

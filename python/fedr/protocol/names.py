@@ -29,7 +29,8 @@ RESERVED_METRICS: frozenset[str] = frozenset({
     # what aggregators write (aggregators/, privacy/)
     "clip", "epsilon", "dp_noise_stddev", "dp_unclipped_fraction",
     "secure_clients", "secure_dropped", "secure_threshold", "secure_num_examples",
-    "trimmed_per_side", "krum_selected",
+    "trimmed_per_side", "krum_selected", "bulyan_selected", "geometric_median_iterations",
+    "num_clipped", "num_zeroed",
 })
 
 # Prefixes of derived columns: validation (R fed_fit), federated evaluation,
