@@ -187,7 +187,10 @@ def test_a_masked_vector_is_independent_of_its_update_and_uniform():
         assert abs(y.mean() / 2**31 - 1) < 0.01
         assert abs(y.std() / (2**32 / np.sqrt(12)) - 1) < 0.01
         counts = np.bincount((masked.masked >> 28).astype(np.int64), minlength=16)
-        assert ((counts - size / 16) ** 2 / (size / 16)).sum() < 37.7
+        # Chi-square with 15 degrees of freedom below its 1e-6 tail (56.49): the keys, hence the masks, come
+        # from the OS's randomness, so the 0.001 tail (37.7) failed one run in a few hundred (five clients a
+        # run; seen: 42.4). An unmasked or biased vector lands in the thousands.
+        assert ((counts - size / 16) ** 2 / (size / 16)).sum() < 56.49
 
 
 @pytest.mark.parametrize("dropped", [[3], [0, 7, 9]])
