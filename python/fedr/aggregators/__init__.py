@@ -34,7 +34,7 @@ from fedr.aggregators._weighted_mean import (
     weighted_mean_numpy,
 )
 from fedr._weights import check_weights
-from fedr.aggregators._bounded import NormBounded, Zeroing, norm_bounded, zeroing
+from fedr.aggregators._bounded import NormBounded, Zeroing, norm_bounded, reads_plain_updates, zeroing
 from fedr.aggregators._robust import (
     HAVE_ROBUST_KERNEL,
     Bulyan,
@@ -95,6 +95,7 @@ __all__ = [
     "median",
     "median_numpy",
     "norm_bounded",
+    "reads_plain_updates",
     "pairwise_sq_distances",
     "pairwise_sq_distances_numpy",
     "smoothed_weiszfeld",

@@ -26,7 +26,7 @@ import numpy as np
 from fedr.aggregators._mean import AggregateResult, Aggregator, ClientResult, Mean, NamedArrays, deltas
 from fedr.errors import FedTypeError, FedValueError
 
-__all__ = ["NormBounded", "Zeroing", "norm_bounded", "zeroing"]
+__all__ = ["NormBounded", "Zeroing", "norm_bounded", "reads_plain_updates", "zeroing"]
 
 
 class _Output(NamedTuple):
@@ -46,17 +46,27 @@ def _check_max_norm(max_norm: object) -> float:
     return value
 
 
+def reads_plain_updates(aggregator: Aggregator) -> bool:
+    """Whether ``aggregator`` reads the clients' updates as they are sent, on the server (mean, median, ...).
+
+    False for differential privacy and secure aggregation: they protect the
+    individual updates (the server never sees them), transform them on the
+    client (their own client step or message stages) and keep the
+    non-trainable variables out of the aggregate.
+    """
+    cls = type(aggregator)
+    own_step = cls.encode is not Aggregator.encode or cls.client_step is not Aggregator.client_step
+    return bool(aggregator.averages_non_trainable and not aggregator.stages_before
+                and not aggregator.stages_after and not own_step)
+
+
 def _check_plain_inner(inner: Any, outer: str) -> Aggregator:
     """The inner aggregator, which must read the clients' raw updates on the server (mean, median, ...)."""
     if inner is None:
         return Mean()
     if not isinstance(inner, Aggregator):
         raise FedTypeError(f"inner: expected a fedr aggregator such as fedr.aggregators.mean(), got {type(inner).__name__}")
-    cls = type(inner)
-    # DP and secure aggregation protect the individual updates (the server never
-    # sees them, so it cannot bound them) and transform them on the client.
-    own_step = cls.encode is not Aggregator.encode or cls.client_step is not Aggregator.client_step
-    if not inner.averages_non_trainable or inner.stages_before or inner.stages_after or own_step:
+    if not reads_plain_updates(inner):
         raise FedValueError(
             f"inner: {outer} bounds the clients' updates on the server, so its inner aggregator must read them "
             f"as they are (mean, median, trimmed_mean, krum, bulyan, geometric_median), got {inner!r}"

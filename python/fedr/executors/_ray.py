@@ -95,10 +95,10 @@ class _ClientActor:
         """Run a chunk of clients' rounds; each job wraps a ClientData's object reference (not resolved by Ray)."""
         from fedr.protocol.messages import ClientFailure, describe_error
 
-        weights, flat, aggregator, round_key = shared
+        weights, flat, aggregator, round_key, control = shared
         sessions = self._sessions.get(round_key, {}) if round_key is not None else {}
         results = []
-        for data, seed, delay, position, view in jobs:
+        for data, seed, delay, position, view, own in jobs:
             client = self._client(data[0])
             if delay:
                 time.sleep(delay)
@@ -107,8 +107,10 @@ class _ClientActor:
             except Exception as err:  # noqa: BLE001 - the client's failure
                 results.append(ClientFailure(client.client_id, describe_error(err)))
                 continue
+            # A SCAFFOLD client's own state comes with its job (from the store beside its data, in the
+            # driver) and its new state goes back with its output: an actor that restarts loses nothing.
             results.append(self.task.run(self.update, weights, flat, client, seed, aggregator, view,
-                                         sessions.get(position)))
+                                         sessions.get(position), control, own))
         return results
 
 
@@ -351,7 +353,7 @@ class RayExecutor(Executor):
         with self._lock:
             ray_ = self._ray()
             self._ensure_actors(ray_, job, len(job.clients))
-            shared = ray_.put((job.weights, job.flat, job.aggregator, job.round_key))
+            shared = ray_.put((job.weights, job.flat, job.aggregator, job.round_key, job.control))
             # Each client goes to the actor that holds its session (by position);
             # an actor's clients go out in chunks, about four per actor and
             # round, so that thousands of tiny clients do not cost a remote call each.
@@ -368,7 +370,7 @@ class RayExecutor(Executor):
             for owner, group in zip(owners, groups, strict=True):
                 jobs = [
                     ([self._ref(ray_, job.clients[i])], job.seeds[i], self._delays.get(job.clients[i].client_id, 0.0),
-                     i, job.views[i])
+                     i, job.views[i], None if job.client_states is None else job.client_states[i])
                     for i in group
                 ]
                 refs.append(self._actors[owner].train.remote(shared, jobs))

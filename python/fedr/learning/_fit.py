@@ -376,6 +376,8 @@ def fit(
             stopping.best_state = best_state
     elif state is None:
         state = process.initialize()
+        if getattr(process, "scaffold", False):
+            process.client_states.clear()  # a fresh run: its clients start from c_i = 0 too
     elif not isinstance(state, ServerState):
         raise FedTypeError(f"state: expected a ServerState, got {type(state).__name__}")
     if directory is not None:
@@ -408,7 +410,7 @@ def fit(
                 events.append({"round": draw, "event": "skipped", "message": message})
                 warnings.warn(RoundSkippedWarning(message), stacklevel=2)
                 if directory is not None:
-                    save_checkpoint(directory, state, _run(state.round_num), None)
+                    save_checkpoint(directory, state, _run(state.round_num), None, process)
                 continue
             argument = None
             try:
@@ -439,7 +441,7 @@ def fit(
                     )})
             if directory is not None:
                 changed = stopping.best_state if stopping is not None and stopping.best_state is not best_before else None
-                save_checkpoint(directory, state, _run(state.round_num), changed)
+                save_checkpoint(directory, state, _run(state.round_num), changed, process)
             for cb in callbacks:
                 if hasattr(cb, "on_round_end"):
                     cb.on_round_end(state.round_num, row, state)

@@ -174,6 +174,8 @@ def run_local_round(
     views: Sequence[Any],
     sessions: dict[int, Any],
     lost: dict[int, ClientFailure],
+    control: np.ndarray | None = None,
+    client_states: Sequence[Any] | None = None,
 ) -> list[ClientOutput | ClientFailure]:
     """Run a round's client tasks here: one per client, or a group's training in one graph call.
 
@@ -181,13 +183,15 @@ def run_local_round(
     then ``aggregator.encode`` with its view and its session); a group trains
     together and encodes one by one, and a group that fails falls back to one
     call per client to name the failing one. Clients in ``lost`` (dropped in a
-    stage before training) do not train. Results in client order.
+    stage before training) do not train. SCAFFOLD's clients get the server's
+    ``control`` and their own ``client_states``. Results in client order.
     """
 
     def one(r: ClientUpdate, i: int) -> ClientOutput | ClientFailure:
         if i in lost:
             return lost[i]
-        return run_client(r, weights, flat, clients[i], seeds[i], aggregator, views[i], sessions.get(i))
+        own = client_states[i] if client_states is not None else None
+        return run_client(r, weights, flat, clients[i], seeds[i], aggregator, views[i], sessions.get(i), control, own)
 
     def group(r: ClientUpdate, job: list[int]) -> list[ClientOutput | ClientFailure]:
         try:
@@ -242,7 +246,8 @@ class LocalCarrier:
         if self.replicas is None or self.jobs is None:
             raise FedError("LocalCarrier: built for message stages only (no model replicas), it cannot train")
         return run_local_round(self.replicas, self.executor, self.jobs, self.grow, job.weights, job.flat,
-                               job.clients, job.seeds, job.aggregator, job.views, self.sessions, job.lost)
+                               job.clients, job.seeds, job.aggregator, job.views, self.sessions, job.lost,
+                               job.control, job.client_states)
 
     def close(self) -> None:
         """Forget the round's sessions."""

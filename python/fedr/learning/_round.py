@@ -47,6 +47,8 @@ class RoundJob(NamedTuple):
     lost: dict[int, ClientFailure]  # clients that dropped out in a stage before training (by position)
     round_key: str | None  # where the executor keeps the clients' sessions of this round (None: no stages)
     task: Any  # the client task the carrier runs (ClientTask)
+    control: np.ndarray | None = None  # SCAFFOLD: the server's control variate c (public)
+    client_states: list[Any] | None = None  # SCAFFOLD: each client's own state, from the store beside its data
 
 
 class RoundPlan(NamedTuple):

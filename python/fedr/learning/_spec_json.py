@@ -11,7 +11,7 @@ secure_mean); any other name is refused.
 
 Fields added after version 1 was first written have a default and may be
 missing from older senders' specs (``_OPTIONAL``: ``proximal_mu``, 0 being
-FedAvg); every other field must be there, and unknown fields are refused.
+FedAvg; ``scaffold``, False, and its ``num_clients``); every other field must be there, and unknown fields are refused.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ __all__ = ["aggregator_from_data", "aggregator_to_data", "spec_from_json", "spec
 FORMAT = "fedr-process-spec"
 VERSION = 1
 # Fields an older sender's spec may lack, and the value they then take.
-_OPTIONAL: dict[str, Any] = {"proximal_mu": 0.0}
+_OPTIONAL: dict[str, Any] = {"proximal_mu": 0.0, "scaffold": False, "num_clients": None}
 
 
 class _Builder(NamedTuple):

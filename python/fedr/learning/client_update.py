@@ -15,6 +15,10 @@ its loss plus ``mu / 2 * ||w - w_server||^2`` over the trainable weights,
 which keeps heterogeneous clients from drifting far from the round's starting
 weights. ``proximal_mu`` = 0 builds exactly FedAvg's graph.
 
+With ``control_variates`` the client runs SCAFFOLD's local step
+(Karimireddy et al. 2020, :mod:`fedr.learning.scaffold`): each step's
+gradient gets the correction c - c_i added, a flat vector the call is given.
+
 Nothing is carried from one call to the next: the same weights, data and seed
 give the same output on any replica, in any order.
 """
@@ -164,15 +168,28 @@ class ClientUpdate:
             loss (the model's loss and its regularisation losses, without the
             proximal term), so that FedProx and FedAvg report comparable
             losses. 0 (the default) is FedAvg, with the very same graph.
+        control_variates: SCAFFOLD's local step: :meth:`train` takes a
+            ``correction`` (c - c_i, flat like the trainable weights) added
+            to every step's gradient. The optimizer must be plain SGD at a
+            constant learning rate (``learning_rate`` holds it). False (the
+            default) builds FedAvg's graph.
 
     Raises:
-        FedValueError: ``proximal_mu`` is not a finite number >= 0.
+        FedValueError: ``proximal_mu`` is not a finite number >= 0; with
+            ``control_variates``, the optimizer is not plain SGD.
     """
 
     def __init__(
-        self, model: Model, optimizer: Any = None, *, local_epochs: int = 1, proximal_mu: float = 0.0
+        self, model: Model, optimizer: Any = None, *, local_epochs: int = 1, proximal_mu: float = 0.0,
+        control_variates: bool = False,
     ) -> None:
         self.proximal_mu = check_proximal_mu(proximal_mu)
+        self.control_variates = bool(control_variates)
+        self.learning_rate: float | None = None
+        if self.control_variates and optimizer is not None:
+            from fedr.learning.scaffold import client_learning_rate
+
+            self.learning_rate = client_learning_rate(optimizer)
         self.model = model
         keras_model = model.keras_model
         self.trainable = model.trainable_variables
@@ -200,6 +217,7 @@ class ClientUpdate:
         self._output_shape = tf.TensorShape([None, *out[1:]])
         self._rule = _target_rule(model.loss)
         self._train = _compiled(self._train_graph)
+        self._train_cv = _compiled(self._train_cv_graph)
         self._train_group = _compiled(self._train_group_graph)
         self._eval = _compiled(self._eval_graph)
         self._traced: set[tuple[Any, ...]] = set()
@@ -282,6 +300,8 @@ class ClientUpdate:
             self._train_group.get_concrete_function(
                 weights, non_trainable, draws, x, y, offsets, offsets, offsets, scale
             )
+        elif train and self.control_variates:
+            self._train_cv.get_concrete_function(weights, weights, non_trainable, x, y, offsets, scale)
         else:
             (self._train if train else self._eval).get_concrete_function(weights, non_trainable, x, y, offsets, scale)
         self._traced.add(key)
@@ -351,6 +371,11 @@ class ClientUpdate:
     ) -> Any:
         return self._train_body(trainable, non_trainable, x, y, offsets, scale)
 
+    def _train_cv_graph(
+        self, trainable: Any, correction: Any, non_trainable: list[Any], x: Any, y: Any, offsets: Any, scale: Any
+    ) -> Any:
+        return self._train_body(trainable, non_trainable, x, y, offsets, scale, correction)
+
     def _train_group_graph(
         self, trainable: Any, non_trainable: list[Any], draws: Any, x: Any, y: Any, rows: Any, offsets: Any,
         bounds: Any, scale: Any,
@@ -376,7 +401,8 @@ class ClientUpdate:
         return tuple(ta.stack() for ta in outs)
 
     def _train_body(
-        self, trainable: Any, non_trainable: list[Any], x: Any, y: Any, offsets: Any, scale: Any
+        self, trainable: Any, non_trainable: list[Any], x: Any, y: Any, offsets: Any, scale: Any,
+        correction: Any = None,
     ) -> Any:
         self._load(trainable, non_trainable)
         for v in self._opt_state:
@@ -385,6 +411,8 @@ class ClientUpdate:
         mu = self.proximal_mu
         # Decided here, in Python: with mu == 0 the graph is FedAvg's, op for op.
         anchors = self._anchors(trainable) if mu > 0 else []
+        # SCAFFOLD: c - c_i split like the weights (None: FedAvg's graph).
+        corrections = self._anchors(correction) if correction is not None else []
 
         def step(xb: Any, yb: Any) -> Any:
             with tf.GradientTape() as tape:
@@ -399,6 +427,12 @@ class ClientUpdate:
                 grads = [
                     (0.0 if g is None else tf.convert_to_tensor(g)) + mu * (v - a)
                     for g, v, a in zip(grads, variables, anchors, strict=True)
+                ]
+            if corrections:
+                # SCAFFOLD (Karimireddy et al. 2020): y <- y - lr * (g(y) + c - c_i).
+                grads = [
+                    (0.0 if g is None else tf.convert_to_tensor(g)) + k
+                    for g, k in zip(grads, corrections, strict=True)
                 ]
             self.optimizer.apply_gradients(zip(grads, variables))
             return preds, loss
@@ -450,7 +484,7 @@ class ClientUpdate:
 
     def train(
         self, weights: ModelWeights, flat: np.ndarray, client: ClientData,
-        seed: np.random.SeedSequence | np.ndarray | None,
+        seed: np.random.SeedSequence | np.ndarray | None, correction: np.ndarray | None = None,
     ) -> ClientOutput:
         """Train on ``client`` from ``weights`` for the local epochs; one graph call.
 
@@ -460,10 +494,21 @@ class ClientUpdate:
             client: The client's data (checked with :meth:`check` beforehand).
             seed: The client's seed for this round, or its :meth:`seed_words`;
                 sets every random generator of the model (Dropout and others).
+            correction: SCAFFOLD's c - c_i (float32, like ``flat``), required
+                with ``control_variates`` and refused without.
         """
-        delta, stats, count, metrics, loss_sum, finite = self._train(
-            flat, self._non_trainable(weights, seed), *client_tensors(client), _scale(client)
-        )
+        if self.control_variates != (correction is not None):
+            raise FedValueError("correction: SCAFFOLD's replica trains with a correction (c - c_i), any other "
+                                "replica without one")
+        if correction is not None:
+            delta, stats, count, metrics, loss_sum, finite = self._train_cv(
+                flat, np.asarray(correction, np.float32), self._non_trainable(weights, seed),
+                *client_tensors(client), _scale(client),
+            )
+        else:
+            delta, stats, count, metrics, loss_sum, finite = self._train(
+                flat, self._non_trainable(weights, seed), *client_tensors(client), _scale(client)
+            )
         return ClientOutput(
             client.client_id, delta.numpy(), stats.numpy(), int(count), metrics.numpy(),
             float(loss_sum), bool(finite),
@@ -480,7 +525,10 @@ class ClientUpdate:
         as one call per client, without the per-call cost (about a millisecond
         of Python and TensorFlow dispatch), which dominates for clients of a
         few examples. All clients must share feature shape and dtypes.
+        SCAFFOLD's replicas train one client per call (each has its own correction).
         """
+        if self.control_variates:
+            raise FedValueError("train_group: SCAFFOLD's clients train one per call")
         x = np.concatenate([c.x for c in clients])
         y = np.concatenate([c.y for c in clients])
         rows = np.cumsum([0] + [len(c.x) for c in clients], dtype=np.int64)
@@ -519,17 +567,37 @@ def run_client(
     aggregator: Any,
     view: Any,
     session: Any = None,
+    control: np.ndarray | None = None,
+    client_state: Any = None,
 ) -> ClientOutput | ClientFailure:
     """One client's whole task in a round: local training, then the aggregator's client step (``encode``).
 
-    The same function runs in a local worker thread and in a remote worker
-    (Ray actor): ``view`` is the aggregator's public view for this client,
-    ``session`` its own state of the round's earlier stages, kept where it
-    runs. An exception becomes a :class:`ClientFailure` naming the client: one
+    The same function runs in a local worker thread, in a remote worker (Ray
+    actor) and on a Flower node: ``view`` is the aggregator's public view for
+    this client, ``session`` its own state of the round's earlier stages,
+    kept where it runs. For SCAFFOLD (a replica with ``control_variates``),
+    ``control`` is the server's c and ``client_state`` the client's own
+    state (None the first time); the output then carries its control delta
+    (``parts``) and its new state (``client_state``) for the carrier to keep.
+    An exception becomes a :class:`ClientFailure` naming the client: one
     failing client does not fail the round.
     """
     try:
-        return apply_client_step(replica.train(weights, flat, client, seed), aggregator, view, session)
+        if not replica.control_variates:
+            return apply_client_step(replica.train(weights, flat, client, seed), aggregator, view, session)
+        from fedr.learning import scaffold
+
+        if control is None:
+            raise FedValueError("SCAFFOLD: the round brought no server control variate")
+        out = replica.train(weights, flat, client, seed, scaffold.correction(control, client_state))
+        if out.finite:
+            steps = (len(client.offsets) - 1) * replica.local_epochs
+            sent, new_state = scaffold.client_result(control, client_state, out.delta, steps, replica.learning_rate)
+            if not np.isfinite(sent).all():
+                out = out._replace(finite=False)
+            else:
+                out = out._replace(parts={scaffold.CONTROL_DELTA: sent}, client_state=new_state)
+        return apply_client_step(out, aggregator, view, session)
     except Exception as err:  # noqa: BLE001 - reported as the client's failure
         return ClientFailure(client.client_id, describe_error(err))
 
@@ -553,12 +621,16 @@ class ClientTask:
             :class:`ClientUpdate`); it travels with the task, so every
             replica a carrier builds trains the process's way. 0 is FedAvg.
 
+        control_variates: SCAFFOLD's client task (its replicas take a
+            correction; see :func:`run_client`).
+
     Raises:
         FedValueError: ``proximal_mu`` is not a finite number >= 0.
     """
 
-    def __init__(self, proximal_mu: float = 0.0) -> None:
+    def __init__(self, proximal_mu: float = 0.0, control_variates: bool = False) -> None:
         self.proximal_mu = check_proximal_mu(proximal_mu)
+        self.control_variates = bool(control_variates)
 
     def replica(self, spec: Any, optimizer: dict[str, Any], local_epochs: int) -> ClientUpdate:
         """Build a compiled client replica from the model ``spec`` and the optimizer's Keras config.
@@ -569,13 +641,13 @@ class ClientTask:
             local_epochs: Passes over a client's batches per round.
 
         Returns:
-            A :class:`ClientUpdate` with this task's ``proximal_mu``.
+            A :class:`ClientUpdate` with this task's ``proximal_mu`` and ``control_variates``.
         """
         import keras
 
         return ClientUpdate(
             spec.build(), keras.saving.deserialize_keras_object(optimizer), local_epochs=local_epochs,
-            proximal_mu=self.proximal_mu,
+            proximal_mu=self.proximal_mu, control_variates=self.control_variates,
         )
 
     def run(self, *args: Any) -> ClientOutput | ClientFailure:
@@ -583,4 +655,6 @@ class ClientTask:
         return run_client(*args)
 
     def __repr__(self) -> str:
-        return f"ClientTask(proximal_mu={self.proximal_mu:g})" if self.proximal_mu else "ClientTask()"
+        parts = ([f"proximal_mu={self.proximal_mu:g}"] if self.proximal_mu else []) + (
+            ["control_variates=True"] if self.control_variates else [])
+        return f"ClientTask({', '.join(parts)})"

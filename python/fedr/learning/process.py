@@ -14,6 +14,12 @@ plus ``mu / 2 * ||w - w_server||^2`` (see
 :class:`~fedr.learning.client_update.ClientUpdate`); ``proximal_mu`` = 0 is
 FedAvg bit for bit.
 
+SCAFFOLD (Karimireddy et al. 2020) is the same process with control
+variates (:func:`build_scaffold`, :mod:`fedr.learning.scaffold`): the
+server's c is in ``ServerState.client_work``; each client's c_i is kept
+where the client runs (here and on Ray: ``process.client_states``, beside
+the clients' data; on Flower: the node), never in the server's state.
+
 One round is data flowing one way (../shared/DESIGN.md, README "How fedr is built")::
 
     begin_round -> [stages before training] -> client views -> client tasks (train, encode)
@@ -40,7 +46,7 @@ import numpy as np
 
 from fedr import _seeds
 from fedr.protocol.names import COUNT_COLUMNS
-from fedr.aggregators import Aggregator, check_aggregator, weighted_mean
+from fedr.aggregators import Aggregator, check_aggregator, reads_plain_updates, weighted_mean
 from fedr.datasets import ClientData
 from fedr.errors import FedTypeError, FedValueError
 from fedr.executors import Executor, threads
@@ -58,6 +64,8 @@ from fedr.learning._round import (
     _client_seeds,
     combine_metrics,
 )
+from fedr.learning import scaffold as _scaffold
+from fedr.learning.client_state import ClientStates, take_client_states
 from fedr.learning.client_update import ClientFailure, ClientOutput, ClientTask, ClientUpdate, check_proximal_mu
 from fedr.learning.evaluation import FederatedEvaluation, build_fed_eval
 from fedr.learning.sampling import sample_clients, sample_clients_poisson
@@ -76,6 +84,7 @@ __all__ = [
     "RoundPlan",
     "build_fed_eval",
     "build_federated_averaging_process",
+    "build_scaffold",
     "build_weighted_fed_avg",
     "combine_metrics",
     "sample_clients",
@@ -87,7 +96,15 @@ class FedAvgProcess:
     """The federated averaging process: ``initialize()`` then ``next(state, data)`` per round.
 
     Built by :func:`build_weighted_fed_avg`, whose arguments it takes (all but
-    ``workers``); see there. ``proximal_mu`` > 0 makes it FedProx.
+    ``workers``); see there. ``proximal_mu`` > 0 makes it FedProx;
+    ``scaffold`` makes it SCAFFOLD (see :func:`build_scaffold`, which takes
+    ``num_clients``).
+
+    Attributes:
+        client_states: The states the clients keep between rounds
+            (SCAFFOLD's c_i), for clients that run in this process or on
+            Ray: the store beside their data (:class:`ClientStates`). Empty
+            for FedAvg and FedProx, and for Flower nodes (which keep theirs).
 
     Raises:
         FedTypeError: an argument is not of the expected kind.
@@ -107,6 +124,8 @@ class FedAvgProcess:
         seed: int | None = None,
         min_clients: int | float = 1,
         proximal_mu: float = 0.0,
+        scaffold: bool = False,
+        num_clients: int | None = None,
     ) -> None:
         if isinstance(local_epochs, bool) or not isinstance(local_epochs, int | np.integer) or local_epochs < 1:
             raise FedValueError(f"local_epochs: expected a positive integer, got {local_epochs!r}")
@@ -117,6 +136,19 @@ class FedAvgProcess:
         self.aggregator = check_aggregator(aggregator)
         self.executor = check_executor(executor)
         self.min_clients = _check_min_clients(min_clients)
+        if not isinstance(scaffold, bool | np.bool_):
+            raise FedTypeError(f"scaffold: expected True or False, got {type(scaffold).__name__}")
+        self.scaffold = bool(scaffold)
+        self.num_clients = _scaffold.check_num_clients(num_clients)
+        if self.num_clients is not None and not self.scaffold:
+            raise FedValueError("num_clients: is SCAFFOLD's N; give it with scaffold=True (build_scaffold)")
+        if self.scaffold and not reads_plain_updates(self.aggregator):
+            raise FedValueError(
+                f"aggregator: SCAFFOLD's clients send their control deltas in plaintext, which would void what "
+                f"{self.aggregator!r} protects; use an aggregator that reads the updates on the server (mean, "
+                "median, trimmed_mean, krum, bulyan, geometric_median, norm_bounded, zeroing)"
+            )
+        self.client_states = ClientStates()
         self._client_optimizer_fn = client_optimizer_fn
         # Without a seed, fresh randomness: a base seed drawn from the OS.
         self._base_seed = (
@@ -134,6 +166,7 @@ class FedAvgProcess:
                 _build_optimizer(client_optimizer_fn, "client_optimizer_fn"),
                 local_epochs=int(local_epochs),
                 proximal_mu=self.proximal_mu,
+                control_variates=self.scaffold,
             )
 
         # The first replica now, for the initial weights; the others when a
@@ -158,6 +191,7 @@ class FedAvgProcess:
         self._evaluation = FederatedEvaluation(self._replicas, self._local, self._initial)
         self._metric_names = self._first.model.metric_names
         self._agg_names = tuple(name for name, _ in self.aggregator.init())
+        self._work_names = (_scaffold.CONTROL,) if self.scaffold else ()
         if self._first.averaged and not self.aggregator.averages_non_trainable:
             names = [self._initial.non_trainable_names[i] for i in self._first.averaged]
             warnings.warn(
@@ -173,16 +207,18 @@ class FedAvgProcess:
 
     def __repr__(self) -> str:
         return (
-            f"FedAvgProcess(model={self._first.model!r}, "
+            f"{'SCAFFOLD' if self.scaffold else 'FedAvg'}Process(model={self._first.model!r}, "
             f"client_optimizer={type(self._first.optimizer).__name__}, "
             f"server_optimizer={type(self.server.optimizer).__name__}, "
             f"local_epochs={self.local_epochs}, proximal_mu={self.proximal_mu:g}, aggregator={self.aggregator!r}, "
-            f"executor={self.executor!r}, seed={self.seed})"
+            f"executor={self.executor!r}, seed={self.seed}"
+            + (f", num_clients={self.num_clients}" if self.scaffold else "") + ")"
         )
 
     def initialize(self) -> ServerState:
         """Return the starting state: the model's initial variables, round 0."""
-        return ServerState(self._initial, self.server.init(), self.aggregator.init(), 0)
+        work = _scaffold.init(self._first.num_weights) if self.scaffold else ()
+        return ServerState(self._initial, self.server.init(), self.aggregator.init(), 0, work)
 
     def check_state(self, state: Any) -> ServerState:
         """Return ``state`` if it belongs to this process's model; raise naming what is wrong."""
@@ -196,6 +232,15 @@ class FedAvgProcess:
                 f"state: aggregator state has {list(names)} but the aggregator {self.aggregator!r} "
                 f"has {list(self._agg_names)}; is it from a process with another aggregator?"
             )
+        work = tuple(name for name, _ in state.client_work)
+        if work != self._work_names:
+            mine = "SCAFFOLD's" if self.scaffold else "no"
+            raise FedValueError(
+                f"state: its client-work state has {list(work)} but this process has {mine} "
+                f"{list(self._work_names)}; is it from a {'FedAvg' if self.scaffold else 'SCAFFOLD'} process?"
+            )
+        if self.scaffold:
+            _scaffold.check_control(state.client_work, self._first.num_weights)
         return state
 
     def check_data(self, federated_data: Any, argument: str = "federated_data") -> None:
@@ -250,23 +295,33 @@ class FedAvgProcess:
         try:
             lost = self.run_stages(plan, aggregator.stages_before, carry)
             # The same job for every carrier; only how it reaches the clients differs.
+            control = dict(state.client_work).get(_scaffold.CONTROL) if self.scaffold else None
+            own = self.client_states.states_for([c.client_id for c in clients]) if self.scaffold else None
             results = carry.train(RoundJob(
                 self._spec, self._optimizer_config, self.local_epochs, state.model, state.flat_weights, clients,
                 list(plan.seeds), aggregator, self.client_views(plan), lost, carry.round_key, self._task(),
+                control, own,
             ))
-            return self.finish_round(plan, results, stacklevel=3, carry=carry)
+            # The clients' new states stay on the clients' side, kept only if the round succeeds.
+            results, kept_states = take_client_states(results)
+            out = self.finish_round(plan, results, stacklevel=3, carry=carry)
+            if kept_states:
+                self.client_states.commit(kept_states, plan.round_num)
+            return out
         finally:
             carry.close()
 
     def _task(self) -> ClientTask:
-        """The client task carriers run, with this process's ``proximal_mu`` (for the replicas they build)."""
-        return ClientTask(self.proximal_mu)
+        """The client task carriers run, with this process's ``proximal_mu`` and SCAFFOLD (for their replicas)."""
+        return ClientTask(self.proximal_mu, self.scaffold)
 
     def _carrier(self, clients: Sequence[ClientData]) -> Any:
         """Who carries this round to its clients: the Ray executor (sessions on its actors) or this process."""
         if self._remote:
             return self.executor.stage_carrier(self._spec, self._optimizer_config, self.local_epochs, self._task())
-        jobs = _group_jobs(clients, self.local_epochs, self._local.workers)
+        # SCAFFOLD's clients each train with their own correction: one job per client.
+        jobs = [[i] for i in range(len(clients))] if self.scaffold else _group_jobs(
+            clients, self.local_epochs, self._local.workers)
         grouped = [clients[job[0]] for job in jobs if len(job) > 1]
         grow = self._replicas.prepare(clients, train=True, grouped=grouped, defer=True)
         return LocalCarrier(self.executor, self._replicas, jobs, grow)
@@ -407,7 +462,12 @@ class FedAvgProcess:
                 f"round {round_num}: the server update made the model weights non-finite (NaN or Inf); "
                 "training diverged: lower the client or server learning rate. The state passed in is unchanged"
             )
-        new_state = ServerState(model, opt_state, result.state, round_num)
+        work = state.client_work
+        if self.scaffold:
+            size = self._first.num_weights
+            deltas = [_scaffold.check_parts(o.parts, size, o.client_id) for o in kept]
+            work = _scaffold.server_update(work, deltas, len(plan.client_ids), self.num_clients)
+        new_state = ServerState(model, opt_state, result.state, round_num, work)
         metrics = combine_metrics(self._metric_names, [(o.metrics, o.loss_sum, o.num_examples) for o in kept])
         metrics["num_clients_dropped"] = len(dropped)
         metrics["num_clients_failed"] = len(failed)
@@ -437,6 +497,8 @@ class FedAvgProcess:
             self.seed,
             self.min_clients,
             self.proximal_mu,
+            self.scaffold,
+            self.num_clients,
         )
 
     @property
@@ -548,3 +610,72 @@ def build_weighted_fed_avg(
 build_federated_averaging_process = build_weighted_fed_avg
 
 
+
+
+def build_scaffold(
+    model_fn: Callable[[], Model],
+    client_optimizer_fn: Callable[[], Any],
+    server_optimizer_fn: Callable[[], Any] | None = None,
+    *,
+    num_clients: int | None = None,
+    local_epochs: int = 1,
+    aggregator: Aggregator | None = None,
+    executor: Executor | None = None,
+    seed: int | None = None,
+    workers: int | None = None,
+    min_clients: int | float = 1,
+    proximal_mu: float = 0.0,
+) -> FedAvgProcess:
+    """Build SCAFFOLD (Karimireddy et al. 2020, option II control variates): FedAvg corrected for client drift.
+
+    Each client's local SGD steps follow ``g(y) + c - c_i`` instead of its
+    own gradient ``g(y)``: ``c`` is the server's control variate (in
+    ``ServerState.client_work``, saved with the state), ``c_i`` the client's
+    own, which it keeps between the rounds it takes part in (zero the first
+    time). After training the client sets ``c_i+ = c_i - c + (x - y) / (K *
+    lr)`` over its K local steps and sends its model delta and control delta
+    ``c_i+ - c_i``; the server applies the aggregated model delta with the
+    server optimizer and moves ``c`` by the sum of the control deltas over
+    ``num_clients``. On data split unevenly over clients (e.g. a Dirichlet
+    label split) this needs fewer rounds than FedAvg; see bench/README.md.
+
+    The clients' ``c_i`` are never part of the server's state: for clients
+    in this process or on Ray they are in ``process.client_states`` (the
+    store beside the clients' data; save it with
+    :meth:`~fedr.learning.ClientStates.save`, and ``fit(checkpoint_dir=)``
+    does), a Flower node keeps its own.
+
+    Args:
+        model_fn, server_optimizer_fn, local_epochs, aggregator, executor,
+            seed, workers, min_clients, proximal_mu: As in
+            :func:`build_weighted_fed_avg`. The aggregator must read the
+            updates on the server (not DP or secure aggregation: the control
+            deltas travel in plaintext).
+        client_optimizer_fn: Plain SGD at a constant learning rate, e.g.
+            ``optimizer_fn("sgd", 0.05)`` (option II's formula takes it).
+        num_clients: N, the number of clients in the federation, when each
+            round samples some of them (the server's c moves by the sum of
+            the round's control deltas over N); None (default) takes each
+            round's clients, right when every client takes part in every round.
+
+    Returns:
+        A :class:`FedAvgProcess` (``process.scaffold`` is True).
+
+    Raises:
+        FedValueError: the client optimizer is not plain SGD (the message
+            starts with ``client_optimizer_fn:``), ``num_clients`` is not a
+            positive integer, the aggregator protects updates, or any of
+            :func:`build_weighted_fed_avg`'s refusals; at a round with more
+            clients than ``num_clients``.
+    """
+    if workers is not None:
+        if executor is not None:
+            raise FedValueError("workers: give `workers` or `executor`, not both")
+        executor = threads(workers)
+    if server_optimizer_fn is None:
+        server_optimizer_fn = optimizer_fn("sgd", 1.0)
+    return FedAvgProcess(
+        model_fn, client_optimizer_fn, server_optimizer_fn, local_epochs=local_epochs, aggregator=aggregator,
+        executor=executor, seed=seed, min_clients=min_clients, proximal_mu=proximal_mu, scaffold=True,
+        num_clients=num_clients,
+    )

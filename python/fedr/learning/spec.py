@@ -20,7 +20,8 @@ class ProcessSpec(NamedTuple):
 
     ``proximal_mu`` is FedProx's proximal coefficient (0: FedAvg); it comes
     last, with a default, so that specs built without it (and JSON written
-    before it existed) still work.
+    before it existed) still work; so do ``scaffold`` (SCAFFOLD's control
+    variates, :func:`~fedr.learning.build_scaffold`) and its ``num_clients``.
     """
 
     model: Any  # fedr.learning.model.ModelSpec
@@ -31,6 +32,8 @@ class ProcessSpec(NamedTuple):
     seed: int | None
     min_clients: int | float
     proximal_mu: float = 0.0
+    scaffold: bool = False  # SCAFFOLD's control variates (fedr.learning.scaffold)
+    num_clients: int | None = None  # SCAFFOLD's N, the federation's clients (None: each round's)
 
     def build(self, executor: Executor | None = None) -> Any:
         """Build the process again (with ``executor``, default threads)."""
@@ -49,7 +52,7 @@ class ProcessSpec(NamedTuple):
         return FedAvgProcess(
             self.model.build, client_optimizer, server_optimizer, local_epochs=self.local_epochs,
             aggregator=self.aggregator, executor=executor, seed=self.seed, min_clients=self.min_clients,
-            proximal_mu=self.proximal_mu,
+            proximal_mu=self.proximal_mu, scaffold=self.scaffold, num_clients=self.num_clients,
         )
 
     def to_json(self) -> str:

@@ -170,12 +170,18 @@ class ServerState:
             ``(("iteration", ...), ("momentum", ...))``.
         aggregator_state: The aggregator's named state (empty for the mean).
         round_num: Rounds completed.
+        client_work: The server's named state of the clients' algorithm:
+            SCAFFOLD's server control variate ``scaffold/control``; empty
+            for FedAvg and FedProx. (What each client keeps is not here: it
+            stays where the client runs, see
+            :class:`~fedr.learning.ClientStates`.)
     """
 
     model: ModelWeights
     optimizer_state: NamedArrays = ()
     aggregator_state: NamedArrays = ()
     round_num: int = 0
+    client_work: NamedArrays = ()
     flat_weights: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -183,6 +189,7 @@ class ServerState:
             raise FedTypeError(f"model: expected ModelWeights, got {type(self.model).__name__}")
         object.__setattr__(self, "optimizer_state", _named(self.optimizer_state, "optimizer_state"))
         object.__setattr__(self, "aggregator_state", _named(self.aggregator_state, "aggregator_state"))
+        object.__setattr__(self, "client_work", _named(self.client_work, "client_work"))
         if isinstance(self.round_num, bool) or not isinstance(self.round_num, int | np.integer):
             raise FedTypeError(f"round_num: expected an int, got {type(self.round_num).__name__}")
         if self.round_num < 0:
@@ -250,6 +257,7 @@ def _entries(state: ServerState) -> list[tuple[str, str, np.ndarray]]:
         ("non_trainable", zip(state.model.non_trainable_names, state.model.non_trainable, strict=True)),
         ("optimizer", state.optimizer_state),
         ("aggregator", state.aggregator_state),
+        ("client_work", state.client_work),
     ]
     return [(group, name, array) for group, pairs in groups for name, array in pairs]
 
@@ -295,8 +303,24 @@ def save_state(state: ServerState, path: str | os.PathLike[str]) -> str:
             {"group": g, "name": n, "shape": list(a.shape), "dtype": a.dtype.str} for g, n, a in entries
         ],
     }
-    arrays = {f"a{i}": a for i, (_, _, a) in enumerate(entries)}
-    arrays[_HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    write_npz(path, header, [a for _, _, a in entries])
+    return path
+
+
+def write_npz(path: str, header: Mapping[str, Any], arrays: Sequence[np.ndarray]) -> None:
+    """Write ``arrays`` (as ``a0``, ``a1``, ...) and the JSON ``header`` to the ``.npz`` file ``path``, atomically.
+
+    A temporary file in the same directory is written, flushed to disk and
+    renamed over ``path``: a crash leaves the old file or the whole new one.
+    Shared by the server state's file and the client states' file.
+
+    Raises:
+        OSError: (e.g. PermissionError) the file or its directory cannot be
+            written; the message names ``path``.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    named = {f"a{i}": a for i, a in enumerate(arrays)}
+    named[_HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".fedr-", suffix=".tmp", dir=directory)
     except OSError as err:
@@ -304,7 +328,7 @@ def save_state(state: ServerState, path: str | os.PathLike[str]) -> str:
         raise _write_error(err, path, directory) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **named)
             f.flush()
             # mkstemp makes the file private (0600); give it the mode a new file gets.
             umask = os.umask(0)
@@ -324,7 +348,6 @@ def save_state(state: ServerState, path: str | os.PathLike[str]) -> str:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return path
 
 
 def _write_error(err: OSError, path: str, directory: str) -> OSError:
@@ -399,7 +422,7 @@ def _read_state(path: str | os.PathLike[str]) -> ServerState:
                     f"format version {header.get('version')!r}; this fedr reads version {FORMAT_VERSION}"
                 )
             groups: dict[str, list[tuple[str, np.ndarray]]] = {
-                "trainable": [], "non_trainable": [], "optimizer": [], "aggregator": []
+                "trainable": [], "non_trainable": [], "optimizer": [], "aggregator": [], "client_work": [],
             }
             for i, entry in enumerate(header["arrays"]):
                 array = npz[f"a{i}"]
@@ -421,4 +444,5 @@ def _read_state(path: str | os.PathLike[str]) -> ServerState:
         tuple(n for n, _ in groups["trainable"]),
         tuple(n for n, _ in groups["non_trainable"]),
     )
-    return ServerState(model, tuple(groups["optimizer"]), tuple(groups["aggregator"]), round_num)
+    return ServerState(model, tuple(groups["optimizer"]), tuple(groups["aggregator"]), round_num,
+                       tuple(groups["client_work"]))

@@ -39,6 +39,11 @@ class ClientOutput(NamedTuple):
     metrics: np.ndarray  # float64 (K,): each model metric's result over the round
     loss_sum: float  # sum of per-example losses over the round
     finite: bool  # False when the update, the statistics or the loss hold NaN or Inf
+    # Further named vectors the client sends with its update (SCAFFOLD's "control_delta"); None: none.
+    parts: Mapping[str, np.ndarray] | None = None
+    # The client's own state after the round (SCAFFOLD's control variate), for the carrier to keep
+    # where the client runs; carriers take it off before the server sees the output (see client_state).
+    client_state: Mapping[str, np.ndarray] | None = None
 
 
 def describe_error(err: BaseException) -> str:
