@@ -107,9 +107,14 @@ format.fed_process <- function(x, ...) {
     if (inherits(o, "fed_optimizer")) sub("^<fed_optimizer> ", "", format(o)) else if (is.character(o)) o else "custom"
   }
   mu <- x$proximal_mu %||% 0
+  algorithm <- if (isTRUE(x$scaffold)) {
+    if (is.null(x$num_clients)) "SCAFFOLD" else sprintf("SCAFFOLD (num_clients = %d)", x$num_clients)
+  } else {
+    "federated averaging"
+  }
   c(
-    if (mu > 0) sprintf("<fed_process> federated averaging, FedProx (proximal_mu = %s)", format(mu))
-    else "<fed_process> federated averaging",
+    if (mu > 0) sprintf("<fed_process> %s, FedProx (proximal_mu = %s)", algorithm, format(mu))
+    else paste("<fed_process>", algorithm),
     sprintf("  model: %s", x$model$description),
     sprintf("  client optimizer: %s, %d local epoch%s", describe_opt(x$client_optimizer), x$local_epochs, if (x$local_epochs == 1L) "" else "s"),
     sprintf("  server optimizer: %s", describe_opt(x$server_optimizer)),
