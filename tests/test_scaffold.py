@@ -302,3 +302,86 @@ def test_robust_aggregators_compose_with_scaffold():
         state, metrics = process.next(state, clients)
     assert metrics["num_clients"] == 5 and np.isfinite(state.flat_weights).all()
     assert len(process.client_states) == 5
+
+
+# --- Flower: the node keeps its client's c_i in its Context.state --------------------------------
+
+
+def test_a_flower_node_keeps_its_clients_control_variate_in_its_context_state(tmp_path):
+    pytest.importorskip("flwr", reason="flwr[simulation]==1.42.0 is installed by make setup")
+    from flwr.app import ConfigRecord, RecordDict
+
+    from fedr.flower import FedrStrategy, _node
+    from fedr.flower import _messages as wire
+
+    clients = _clients()
+    client = clients[0]
+    np.savez(tmp_path / "c0.npz", x=client.x, y=client.y)
+    node = {"data": str(tmp_path / "c0.npz"), "client-id": "c0", "batch-size": BATCH}
+    process, reference = _process(), _process()
+    state = expected = process.initialize()
+    context_state = RecordDict()
+    for round_num in (1, 2):
+        strategy = FedrStrategy(process)
+        config = strategy._config(round_num, train=True)
+        assert config["scaffold"] is True
+        seed = process.begin_round(state, ["c0"]).seeds[0]
+        config["seed-words"] = [int(w) for w in process.seed_words(seed)]
+        content = {wire.WEIGHTS: wire.weights_record(state.model), wire.CONFIG: ConfigRecord(config),
+                   wire.CONTROL: wire.control_record(_control(state))}
+        reply = _node.train_records(content, node, context_state)
+        out = wire.output_from_reply("c0", reply, 1, state.flat_weights.size)
+        assert out.client_state is None and set(out.parts) == {"control_delta"}
+        # what leaves the node: the update, the statistics and the control delta; c_i stays in the Context.state
+        assert set(reply[wire.UPDATE].keys()) == {"delta", "non_trainable", "part:control_delta"}
+        plan = process.begin_round(state, ["c0"])
+        state, _ = process.finish_round(plan, [out])
+        expected, _ = reference.next(expected, [client])
+        np.testing.assert_allclose(state.flat_weights, expected.flat_weights, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(_control(state), _control(expected), rtol=0, atol=1e-6)
+        kept = context_state[_node.CLIENT_STATE]["scaffold/control"].numpy()
+        np.testing.assert_allclose(kept, _own(reference, "c0"), rtol=0, atol=1e-6)
+    assert len(process.client_states) == 0  # the server side never saw a c_i
+    # a train message of a SCAFFOLD run without c is the node's named failure
+    del content[wire.CONTROL]
+    failed = wire.output_from_reply("c0", _node.train_records(content, node, context_state), 1,
+                                    state.flat_weights.size)
+    assert failed.error.startswith("KeyError") and "control" in failed.error
+
+
+def test_on_flower_two_nodes_give_the_in_process_weights_and_control_variate(tmp_path, monkeypatch):
+    pytest.importorskip("flwr", reason="flwr[simulation]==1.42.0 is installed by make setup")
+    from pathlib import Path
+
+    from fedr import datasets, flower
+
+    fashion = Path("/usr/share/datasets/fashion-mnist")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = datasets.load_fashion_mnist(fashion)
+    clients = datasets.make_clients(data.x_train, data.y_train, 10)[:2]
+
+    def fashion_model() -> learning.Model:
+        model = keras.Sequential([keras.Input((784,)),
+                                  keras.layers.Dense(10, activation="softmax", kernel_initializer="zeros")])
+        return learning.from_keras_model(model, "sparse_categorical_crossentropy", ["sparse_categorical_accuracy"])
+
+    def build():
+        return learning.build_scaffold(fashion_model, learning.optimizer_fn("sgd", 0.02), seed=1)
+
+    reference = build()
+    expected = reference.initialize()
+    for _ in range(2):
+        expected, _ = reference.next(expected, clients)
+    started = []
+    try:
+        link = flower.superlink(root=str(tmp_path))
+        started.append(link)
+        started += [flower.supernode(str(fashion), link, client_id=f"client_{i}",
+                                     node_config={"rows": f"{6000 * i}:{6000 * (i + 1)}"}) for i in range(2)]
+        result = flower.run(build(), 2, link, out_dir=str(tmp_path / "out"), round_timeout=120, timeout=600)
+    finally:
+        for p in started:
+            p.stop()
+    np.testing.assert_allclose(result.state.flat_weights, expected.flat_weights, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_control(result.state), _control(expected), rtol=0, atol=1e-6)
+    assert np.linalg.norm(_control(expected)) > 1e-3

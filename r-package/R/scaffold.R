@@ -4,8 +4,8 @@
 #'
 #' Builds SCAFFOLD (Karimireddy et al. 2020, "SCAFFOLD: Stochastic
 #' Controlled Averaging for Federated Learning", control variates of option
-#' II): federated averaging corrected for client drift, the drift of clients
-#' whose data differ apart from one another during local training. The
+#' II): federated averaging corrected for client drift (clients whose data
+#' differ drift apart from one another in local training). The
 #' algorithm is the Python core's (`fedr.learning.build_scaffold()`); this
 #' function converts R's arguments for it.
 #'

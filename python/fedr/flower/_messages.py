@@ -29,9 +29,26 @@ DESCRIBE = "describe"  # ConfigRecord: a node's client id and example count
 SENT = "sent"  # ConfigRecord: what wraps the update a node's client step sent (DP's bit, a masked vector's index)
 #: Key of a message's CONFIG or STAGE record: the node's last message of the run (its worker stops after it).
 FINAL = "fedr-final"
+CONTROL = "control"  # ArrayRecord: SCAFFOLD's server control variate c (server -> node, public)
 STAGE = "stage"  # ConfigRecord: a protocol stage's name, round and payload (server -> node) or reply (node -> server)
 
 _T, _N = "trainable:", "non_trainable:"
+_PART = "part:"  # an UPDATE array that is a named part of the output (ClientOutput.parts)
+
+
+def control_record(control: np.ndarray) -> Any:
+    """SCAFFOLD's server control variate as the ``ArrayRecord`` of a train message."""
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord(array_dict={"control": Array(np.ascontiguousarray(control, np.float32))})
+
+
+def control_from_record(record: Any, size: int) -> np.ndarray:
+    """The control variate of :func:`control_record`, checked (float32 of ``size``)."""
+    value = record["control"].numpy()
+    if value.dtype != np.float32 or value.shape != (size,):
+        raise ValueError(f"control variate of {value.dtype} {value.shape}, expected float32 ({size},)")
+    return value
 
 
 def weights_record(weights: ModelWeights) -> Any:
@@ -141,11 +158,15 @@ def output_reply(out: ClientOutput | ClientFailure) -> dict[str, Any]:
     if len(out.metrics):
         metrics["metrics"] = [float(m) for m in out.metrics]
     array, sent = _sent_parts(out.delta)
+    arrays = {
+        "delta": Array(array),
+        "non_trainable": Array(np.ascontiguousarray(out.non_trainable, np.float32)),
+    }
+    # Further named vectors the client sends (SCAFFOLD's control delta); never its client_state.
+    arrays.update({f"{_PART}{name}": Array(np.ascontiguousarray(value, np.float32))
+                   for name, value in (out.parts or {}).items()})
     return {
-        UPDATE: ArrayRecord(array_dict={
-            "delta": Array(array),
-            "non_trainable": Array(np.ascontiguousarray(out.non_trainable, np.float32)),
-        }),
+        UPDATE: ArrayRecord(array_dict=arrays),
         SENT: ConfigRecord(sent),
         METRICS: MetricRecord(metrics),
     }
@@ -177,8 +198,16 @@ def output_from_reply(client_id: str, content: Any, num_metrics: int, size: int)
         count, loss_sum = metrics["num-examples"], float(metrics["loss-sum"])
         if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 0:
             raise ValueError(f"num-examples {count!r}, expected a whole number >= 0")
-        finite = bool(np.isfinite(array).all() and np.isfinite(non_trainable).all() and np.isfinite(loss_sum))
-        return ClientOutput(client_id, sent, non_trainable, int(count), values, loss_sum, finite)
+        parts = {}
+        for key in update.keys():
+            if key.startswith(_PART):
+                part = update[key].numpy()
+                if part.dtype != np.float32 or part.shape != (size,):
+                    raise ValueError(f"{key[len(_PART):]!r} of {part.dtype} {part.shape}, expected float32 ({size},)")
+                parts[key[len(_PART):]] = part
+        finite = bool(np.isfinite(array).all() and np.isfinite(non_trainable).all() and np.isfinite(loss_sum)
+                      and all(np.isfinite(p).all() for p in parts.values()))
+        return ClientOutput(client_id, sent, non_trainable, int(count), values, loss_sum, finite, parts or None)
     except (KeyError, ValueError, TypeError) as err:
         return ClientFailure(client_id, f"FedValueError: malformed reply from the node ({err})")
 

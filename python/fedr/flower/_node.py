@@ -185,14 +185,15 @@ def _replica(config: Any, *, train: bool) -> Any:
     optimizer_json = str(config.get("optimizer", "")) if train else ""
     epochs = int(config.get("local-epochs", 1)) if train else 1
     mu = check_proximal_mu(config.get("proximal-mu", 0.0)) if train else 0.0
-    key = (model_json, optimizer_json, epochs, mu)
+    cv = bool(config.get("scaffold", False)) if train else False
+    key = (model_json, optimizer_json, epochs, mu, cv)
     with _LOCK:
         replica = _REPLICAS.get(key)
     if replica is None:
         spec = json.loads(model_json)
         model = ModelSpec(spec["model"], spec["loss"], tuple(spec["metrics"]), tuple(spec["feature_shape"])).build()
         optimizer = keras.saving.deserialize_keras_object(json.loads(optimizer_json)) if train else None
-        replica = ClientUpdate(model, optimizer, local_epochs=epochs, proximal_mu=mu)
+        replica = ClientUpdate(model, optimizer, local_epochs=epochs, proximal_mu=mu, control_variates=cv)
         with _LOCK:
             _REPLICAS[key] = replica
     return replica
@@ -272,6 +273,9 @@ def _aggregator(text: str) -> Any:
 # hands it to the node's worker with this state and keeps what comes back). It
 # holds the client's secrets; they never go into a reply.
 SESSION = "fedr-session"
+# The client's own state between the rounds of a run (SCAFFOLD's c_i), in the
+# same Context.state on the node: it never goes into a reply.
+CLIENT_STATE = "fedr-client-state"
 
 
 def _stage_order(aggregator: Any) -> tuple[str, ...]:
@@ -312,6 +316,21 @@ def _keep(state: Any, aggregator: Any, stage: str, round_num: int, session: Any)
                                    "session": _codec.to_text(session.export())})
 
 
+def _client_state(state: Any) -> dict[str, np.ndarray] | None:
+    """The client's own state kept on this node (None: the client's first round of the run)."""
+    if state is None or CLIENT_STATE not in state:
+        return None
+    return {key: array.numpy() for key, array in state[CLIENT_STATE].items()}
+
+
+def _keep_client_state(state: Any, values: Mapping[str, np.ndarray]) -> None:
+    from flwr.app import Array, ArrayRecord
+
+    if state is None:
+        raise FedValueError("SCAFFOLD: this node has no Context.state to keep its client's control variate in")
+    state[CLIENT_STATE] = ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in values.items()})
+
+
 def _forget(state: Any) -> None:
     if state is not None and SESSION in state:
         del state[SESSION]
@@ -338,7 +357,7 @@ def train_records(content: Mapping[str, Any], node_config: Mapping[str, Any], st
     ``Context.state``) and replies with only what it returns.
     """
     from fedr.flower import _codec
-    from fedr.learning.client_update import apply_client_step
+    from fedr.learning.client_update import apply_client_step, train_client
     from fedr.learning.state import check_weights
     from fedr.protocol import ClientFailure, describe_error
 
@@ -358,7 +377,15 @@ def train_records(content: Mapping[str, Any], node_config: Mapping[str, Any], st
         replica.prepare(client, train=True)
         words = config.get("seed-words")
         seed = np.asarray(words, np.uint32) if words else None
-        out = replica.train(weights, weights.flat_trainable(), client, seed)
+        flat = weights.flat_trainable()
+        control = own = None
+        if replica.control_variates:
+            control = wire.control_from_record(content[wire.CONTROL], flat.size)
+            own = _client_state(state)
+        out = train_client(replica, weights, flat, client, seed, control, own)
+        if out.client_state is not None:
+            _keep_client_state(state, out.client_state)
+            out = out._replace(client_state=None)
         if aggregator is not None:
             out = _released(apply_client_step(out, aggregator, _codec.from_text(config["view"]), session), aggregator)
             if aggregator.stages_before:

@@ -244,6 +244,8 @@ class FedrStrategy(_Strategy):
             mu = float(self.process.proximal_mu)
             if mu:
                 config["proximal-mu"] = mu
+            if self.process.scaffold:
+                config["scaffold"] = True  # SCAFFOLD's local step; the message carries c (wire.CONTROL)
         return config
 
     # ------------------------------------------------------------------ train
@@ -281,6 +283,8 @@ class FedrStrategy(_Strategy):
         self._refused = None
         self._round = (plan, pairs, carrier, lost, views)
         weights = wire.weights_record(self.state.model)
+        control = wire.control_record(dict(self.state.client_work)["scaffold/control"]) if self.process.scaffold \
+            else None
         messages = []
         for i, ((_, node), seed) in enumerate(zip(pairs, plan.seeds, strict=True)):
             if i in lost:
@@ -295,7 +299,10 @@ class FedrStrategy(_Strategy):
                 cfg["view"] = _codec.to_text(views[i])
             if last and not self.evaluate and not aggregator.stages_after:
                 cfg[wire.FINAL] = True
-            content = RecordDict({wire.WEIGHTS: weights, wire.CONFIG: ConfigRecord(cfg)})
+            records = {wire.WEIGHTS: weights, wire.CONFIG: ConfigRecord(cfg)}
+            if control is not None:
+                records[wire.CONTROL] = control
+            content = RecordDict(records)
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         _log(INFO, "round %d: training on %d node(s): %s", plan.round_num, len(messages),
              ", ".join(cid for i, (cid, _) in enumerate(pairs) if i not in lost))

@@ -41,7 +41,7 @@ from fedr.protocol.messages import ClientFailure, ClientOutput, describe_error
 
 __all__ = [
     "ClientFailure", "ClientOutput", "ClientTask", "ClientUpdate", "apply_client_step", "check_proximal_mu",
-    "client_tensors", "describe_error", "run_client",
+    "client_tensors", "describe_error", "run_client", "train_client",
 ]
 
 
@@ -583,23 +583,46 @@ def run_client(
     failing client does not fail the round.
     """
     try:
-        if not replica.control_variates:
-            return apply_client_step(replica.train(weights, flat, client, seed), aggregator, view, session)
-        from fedr.learning import scaffold
-
-        if control is None:
-            raise FedValueError("SCAFFOLD: the round brought no server control variate")
-        out = replica.train(weights, flat, client, seed, scaffold.correction(control, client_state))
-        if out.finite:
-            steps = (len(client.offsets) - 1) * replica.local_epochs
-            sent, new_state = scaffold.client_result(control, client_state, out.delta, steps, replica.learning_rate)
-            if not np.isfinite(sent).all():
-                out = out._replace(finite=False)
-            else:
-                out = out._replace(parts={scaffold.CONTROL_DELTA: sent}, client_state=new_state)
+        out = train_client(replica, weights, flat, client, seed, control, client_state)
         return apply_client_step(out, aggregator, view, session)
     except Exception as err:  # noqa: BLE001 - reported as the client's failure
         return ClientFailure(client.client_id, describe_error(err))
+
+
+def train_client(
+    replica: ClientUpdate,
+    weights: ModelWeights,
+    flat: np.ndarray,
+    client: ClientData,
+    seed: np.random.SeedSequence | np.ndarray | None,
+    control: np.ndarray | None = None,
+    client_state: Any = None,
+) -> ClientOutput:
+    """A client's local training, with SCAFFOLD's client step for a replica with ``control_variates``.
+
+    FedAvg and FedProx: :meth:`ClientUpdate.train`. SCAFFOLD: the steps are
+    corrected by ``control`` (the server's c) minus the client's own c_i
+    (``client_state``, None the first time), and a finite output carries the
+    control delta in ``parts`` and the client's new state in ``client_state``.
+    Every carrier (threads, Ray, a Flower node) trains through this function.
+
+    Raises:
+        FedValueError: a SCAFFOLD replica without ``control``, or a client state of the wrong shape.
+    """
+    if not replica.control_variates:
+        return replica.train(weights, flat, client, seed)
+    from fedr.learning import scaffold
+
+    if control is None:
+        raise FedValueError("SCAFFOLD: the round brought no server control variate")
+    out = replica.train(weights, flat, client, seed, scaffold.correction(control, client_state))
+    if not out.finite:
+        return out
+    steps = (len(client.offsets) - 1) * replica.local_epochs
+    sent, new_state = scaffold.client_result(control, client_state, out.delta, steps, replica.learning_rate)
+    if not np.isfinite(sent).all():
+        return out._replace(finite=False)
+    return out._replace(parts={scaffold.CONTROL_DELTA: sent}, client_state=new_state)
 
 
 def apply_client_step(out: ClientOutput, aggregator: Any, view: Any, session: Any = None) -> ClientOutput:

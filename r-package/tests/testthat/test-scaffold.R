@@ -64,22 +64,23 @@ test_that("fed_scaffold() gives the numbers of build_scaffold() in Python for th
     "                            metrics=['sparse_categorical_accuracy'])",
     sep = "\n"
   ), convert = FALSE)$model_fn
+  # fedr_python() converts results to R, as $-style code in R sees them.
   learning <- fedr_python()$learning
   py_process <- learning$build_scaffold(py_model, learning$optimizer_fn("sgd", 0.1), local_epochs = 2L, seed = 7L,
                                         num_clients = 3L)
   py <- learning$fit(py_process, clients$py, 2L)
-  rows <- reticulate::py_to_r(py$rows)
-  expect_identical(length(rows), 2L)
-  expect_equal(history$loss, vapply(rows, function(r) as.double(r[["loss"]]), numeric(1)), tolerance = 1e-6)
+  expect_identical(length(py$rows), 2L)
+  expect_equal(history$loss, vapply(py$rows, function(r) as.double(r[["loss"]]), numeric(1)), tolerance = 1e-6)
   r_weights <- unlist(fed_weights(history))
-  py_weights <- unlist(fed_weights(new_fed_state(reticulate::r_to_py(py$state))))
+  py_weights <- unlist(py$state$model$trainable)
   expect_identical(length(r_weights), length(py_weights))
+  expect_gt(max(abs(py_weights)), 1e-3) # trained away from the zero start
   expect_lt(max(abs(r_weights - py_weights)), 1e-6)
   # And the clients' control variates.
-  py_store <- py_process$client_states
   states <- fed_client_states(process)
+  expect_identical(states$client, as.character(unlist(py_process$client_states$ids())))
   py_norms <- vapply(states$client, function(id) {
-    control <- reticulate::py_to_r(py_store$get(id))[["scaffold/control"]]
+    control <- py_process$client_states$get(id)[["scaffold/control"]]
     sqrt(sum(as.double(control)^2))
   }, numeric(1), USE.NAMES = FALSE)
   expect_lt(max(abs(states$control_norm - py_norms)), 1e-6)
@@ -96,6 +97,10 @@ test_that("bad `num_clients` and a client optimizer that is not plain SGD are R 
   expect_error(fed_scaffold(model, sgd, num_clients = 2.5), "`num_clients`", class = "fedr_error")
   expect_error(fed_scaffold(model, sgd, num_clients = NA), "`num_clients`", class = "fedr_error")
   expect_identical(fed_scaffold(model, sgd, num_clients = 100)$num_clients, 100L)
+  # A round with more clients than the federation's `num_clients` fails, saying so.
+  err <- expect_error(fed_fit(fed_scaffold(model, sgd, num_clients = 2), small_clients(), rounds = 1, verbose = FALSE),
+                      "num_clients", class = "fedr_error")
+  expect_match(conditionMessage(err), "more than the federation's num_clients = 2", fixed = TRUE)
 
   err <- expect_error(fed_scaffold(model, fed_optimizer("adam", 0.01)), "`client_optimizer`", class = "fedr_error_input")
   expect_identical(err$arg, "client_optimizer")
