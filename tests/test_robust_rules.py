@@ -459,3 +459,60 @@ def test_scaled_attackers_break_the_mean_but_not_bulyan_or_the_geometric_median(
     for name in ("bulyan", "geometric_median", "zeroing", "norm_bounded_median"):
         assert got[name] >= 0.55, (name, got)
     assert seconds < 60, seconds
+
+
+# --- what a robust rule leaves out does not reach the model through BatchNorm statistics ------------
+
+
+def _bn_clients():
+    from fedr.datasets import ClientData
+
+    rng = np.random.default_rng(3)
+    clients = [ClientData(rng.normal(0.0, 1.0, (40, 4)).astype(np.float32), rng.integers(0, 2, 40), batch_size=10,
+                          client_id=f"client_{i}") for i in range(4)]
+    # The attacker: data far off, so both its update and its BatchNorm statistics are far off.
+    attacker = ClientData(rng.normal(50.0, 30.0, (40, 4)).astype(np.float32), rng.integers(0, 2, 40),
+                          batch_size=10, client_id="client_4")
+    return clients, attacker
+
+
+def _bn_process(aggregator):
+    keras = pytest.importorskip("keras")
+    from fedr import learning
+
+    def model_fn():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(),
+                                  keras.layers.Dense(2, activation="softmax")])
+        return learning.from_keras_model(model, "sparse_categorical_crossentropy")
+
+    return learning.build_weighted_fed_avg(model_fn, learning.optimizer_fn("sgd", 0.5), seed=4, aggregator=aggregator)
+
+
+def test_zeroed_and_unselected_clients_do_not_reach_the_batchnorm_statistics():
+    clients, attacker = _bn_clients()
+    honest = _bn_process(mean())
+    expected, _ = honest.next(honest.initialize(), clients)
+    # Its update is the longest (BatchNorm tames its inputs, not its statistics): zero it, keep the others.
+    first = _bn_process(mean())
+    start = first.initialize()
+    norms = [float(np.linalg.norm(first._first.train(start.model, start.flat_weights, c, None).delta))
+             for c in clients + [attacker]]
+    assert norms[-1] > max(norms[:-1])
+    guarded = _bn_process(zeroing((norms[-1] + max(norms[:-1])) / 2))
+    got, metrics = guarded.next(guarded.initialize(), clients + [attacker])
+    assert metrics["num_zeroed"] == 1.0
+    # Everything, the statistics included, is the mean over the four honest clients.
+    assert_allclose(got.flat_weights, expected.flat_weights, rtol=0, atol=1e-7)
+    for a, b in zip(got.model.non_trainable, expected.model.non_trainable, strict=True):
+        assert_allclose(a, b, rtol=0, atol=1e-6)
+    # Krum choosing one update: the statistics are that one client's.
+    chooser = _bn_process(krum(1, num_selected=1))
+    state, _ = chooser.next(chooser.initialize(), clients + [attacker])
+    singles = []
+    for client in clients:
+        one = _bn_process(mean())
+        singles.append(one.next(one.initialize(), [client])[0])
+    matches = [i for i, s in enumerate(singles)
+               if all(np.array_equal(a, b) for a, b in zip(s.model.non_trainable, state.model.non_trainable, strict=True))]
+    assert len(matches) == 1
+    assert_array_equal(state.flat_weights, singles[matches[0]].flat_weights)

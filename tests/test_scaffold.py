@@ -227,6 +227,9 @@ def test_a_fresh_fit_starts_every_client_from_zero_again():
     one = learning.fit(process, clients, rounds=2)
     two = learning.fit(process, clients, rounds=2)
     np.testing.assert_array_equal(one.state.flat_weights, two.state.flat_weights)
+    assert len(process.client_states) == 3
+    process.initialize()  # a new run by hand: the clients' store starts empty too
+    assert len(process.client_states) == 0 and process.client_states.round_num == 0
 
 
 def test_threads_and_ray_bit_for_bit_and_a_killed_actor_loses_no_client_state():

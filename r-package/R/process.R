@@ -35,8 +35,8 @@
 #'   named in a warning; with fewer than `min_clients` left the round fails
 #'   and the state is unchanged.
 #' @param proximal_mu FedProx's proximal coefficient mu (Li et al. 2020,
-#'   "Federated Optimization in Heterogeneous Networks"), a finite number
-#'   >= 0: each client minimises its loss plus
+#'   "Federated Optimization in Heterogeneous Networks"), a finite number of
+#'   at least 0: each client minimises its loss plus
 #'   `proximal_mu / 2 * ||w - w_server||^2` over the trainable weights, with
 #'   `w_server` the round's starting weights, which keeps clients with
 #'   heterogeneous data from drifting apart. The reported training `loss`
@@ -272,7 +272,7 @@ fed_evaluate <- function(process, state, data, as_data_frame = FALSE) {
 
 check_process <- function(process) {
   if (!inherits(process, "fed_process")) {
-    fedr_abort(sprintf("`process` must be a fed_averaging() process, not %s.", describe(process)), "process")
+    fedr_abort(sprintf("`process` must be a fed_averaging() or fed_scaffold() process, not %s.", describe(process)), "process")
   }
 }
 

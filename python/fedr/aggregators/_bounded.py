@@ -93,10 +93,14 @@ class _Bounded(Aggregator):
         # The inner aggregator refuses a round too small for it, before anyone trains.
         return self.inner.start_round(self._inner_state(state), client_ids, seed=seed)
 
-    def _inner(self, state: NamedArrays, kept: list[_Output], own: dict[str, float], seed: Any, context: Any) -> AggregateResult:
+    def _inner(self, state: NamedArrays, kept: list[_Output], own: dict[str, float], seed: Any, context: Any,
+               positions: Sequence[int], round_size: int) -> AggregateResult:
+        """The inner aggregator over ``kept`` (at ``positions`` of the round's outputs); its selection mapped back."""
         inner = self.inner.aggregate(self._inner_state(state), kept, seed=seed, context=context)
         metrics = {**own, **{f"inner_{k}": v for k, v in inner.metrics.items()}}
-        return AggregateResult(tuple((f"inner/{n}", v) for n, v in inner.state), inner.update, metrics)
+        chosen = list(positions) if inner.selected is None else [positions[i] for i in inner.selected]
+        selected = None if len(chosen) == round_size else tuple(chosen)
+        return AggregateResult(tuple((f"inner/{n}", v) for n, v in inner.state), inner.update, metrics, selected)
 
 
 def _norm(delta: np.ndarray) -> float:
@@ -129,7 +133,8 @@ class NormBounded(_Bounded):
                 count += 1
                 delta = (delta.astype(np.float64) * (self.max_norm / norm)).astype(np.float32)
             clipped.append(_Output(out.client_id, delta, out.num_examples))
-        return self._inner(state, clipped, {"num_clipped": float(count)}, seed, context)
+        return self._inner(state, clipped, {"num_clipped": float(count)}, seed, context, range(len(outputs)),
+                           len(outputs))
 
     def __repr__(self) -> str:
         return f"norm_bounded(max_norm={self.max_norm}, inner={self.inner!r})"
@@ -150,17 +155,15 @@ class Zeroing(_Bounded):
         context: Any = None,
     ) -> AggregateResult:
         updates = deltas(outputs)
-        kept = [
-            _Output(out.client_id, delta, out.num_examples)
-            for out, delta in zip(outputs, updates, strict=True)
-            if _norm(delta) <= self.max_norm  # False for NaN and Inf
-        ]
+        positions = [i for i, delta in enumerate(updates) if _norm(delta) <= self.max_norm]  # False for NaN, Inf
+        kept = [_Output(outputs[i].client_id, updates[i], outputs[i].num_examples) for i in positions]
         if not kept:
             raise FedValueError(
                 f"zeroing(max_norm={self.max_norm}): all {len(outputs)} updates were non-finite or longer than "
                 "max_norm, so nothing is left to aggregate; raise max_norm or check the clients"
             )
-        return self._inner(state, kept, {"num_zeroed": float(len(outputs) - len(kept))}, seed, context)
+        return self._inner(state, kept, {"num_zeroed": float(len(outputs) - len(kept))}, seed, context, positions,
+                           len(outputs))
 
     def __repr__(self) -> str:
         return f"zeroing(max_norm={self.max_norm}, inner={self.inner!r})"

@@ -42,11 +42,20 @@ class LegacyView(NamedTuple):
 
 
 class AggregateResult(NamedTuple):
-    """What ``aggregate`` returns: new state, the aggregate update (float32 (N,)), metrics."""
+    """What ``aggregate`` returns: new state, the aggregate update (float32 (N,)), metrics.
+
+    ``selected``: the positions (in the outputs given) of the clients whose
+    updates the aggregate is made of, when a rule keeps only some (Krum,
+    Bulyan, zeroing); None means all. The process averages the clients'
+    float non-trainable variables (BatchNorm statistics) over the same
+    clients, so a client a robust rule left out does not reach the model
+    through them.
+    """
 
     state: NamedArrays
     update: np.ndarray
     metrics: dict[str, float]
+    selected: tuple[int, ...] | None = None
 
 
 class Aggregator(abc.ABC):

@@ -204,7 +204,8 @@ class Krum(_Robust):
         else:
             counts = [float(outputs[i].num_examples) for i in selected]
             update = weighted_mean([updates[i] for i in selected], counts)
-        return AggregateResult(state, update, {"krum_selected": float(len(selected))})
+        return AggregateResult(state, update, {"krum_selected": float(len(selected))},
+                               tuple(sorted(int(i) for i in selected)))
 
     def __repr__(self) -> str:
         return f"krum(num_byzantine={self.num_byzantine}, num_selected={self.num_selected})"
@@ -330,7 +331,8 @@ class Bulyan(_Robust):
         _check_round_size(self, len(updates))  # before the distances: too few clients fail fast
         matrix = np.stack(updates)
         update, selected = _bulyan(matrix, pairwise_sq_distances(updates), self.num_byzantine)
-        return AggregateResult(state, update, {"bulyan_selected": float(len(selected))})
+        return AggregateResult(state, update, {"bulyan_selected": float(len(selected))},
+                               tuple(sorted(int(i) for i in selected)))
 
     def __repr__(self) -> str:
         return f"bulyan(num_byzantine={self.num_byzantine})"

@@ -375,9 +375,7 @@ def fit(
             stopping.best, stopping.wait = run["stopping"]["best"], run["stopping"]["wait"]
             stopping.best_state = best_state
     elif state is None:
-        state = process.initialize()
-        if getattr(process, "scaffold", False):
-            process.client_states.clear()  # a fresh run: its clients start from c_i = 0 too
+        state = process.initialize()  # a fresh run (SCAFFOLD's clients start from c_i = 0 again)
     elif not isinstance(state, ServerState):
         raise FedTypeError(f"state: expected a ServerState, got {type(state).__name__}")
     if directory is not None:

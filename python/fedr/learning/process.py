@@ -216,7 +216,13 @@ class FedAvgProcess:
         )
 
     def initialize(self) -> ServerState:
-        """Return the starting state: the model's initial variables, round 0."""
+        """Return the starting state: the model's initial variables, round 0.
+
+        A new run: for SCAFFOLD, the clients kept in ``client_states`` start
+        again from c_i = 0 (their store is cleared), as the server's c does.
+        """
+        if self.scaffold:
+            self.client_states.clear()
         work = _scaffold.init(self._first.num_weights) if self.scaffold else ()
         return ServerState(self._initial, self.server.init(), self.aggregator.init(), 0, work)
 
@@ -453,7 +459,15 @@ class FedAvgProcess:
         if clash:
             raise FedValueError(f"aggregator {aggregator!r}: its metrics {sorted(clash)} clash with the round's")
         opt_state, new_flat = self.server.apply(state.optimizer_state, flat, update)
-        non_trainable = self._aggregate_non_trainable(weights, kept)
+        # The statistics (and SCAFFOLD's control deltas) of the clients the aggregate is made of:
+        # a robust rule may have left some out, and what it left out must not reach the model another way.
+        selected = result.selected
+        if selected is not None and (not selected or any(
+                isinstance(i, bool) or not isinstance(i, int | np.integer) or not 0 <= i < len(kept) for i in selected)):
+            raise FedValueError(f"aggregator {aggregator!r}: selected {list(selected)[:10]}, expected positions "
+                                f"of the {len(kept)} updates it was given")
+        chosen = kept if selected is None else [kept[int(i)] for i in selected]
+        non_trainable = self._aggregate_non_trainable(weights, chosen)
         model = ModelWeights(
             weights.with_trainable(new_flat), non_trainable, weights.trainable_names, weights.non_trainable_names
         )
@@ -465,7 +479,7 @@ class FedAvgProcess:
         work = state.client_work
         if self.scaffold:
             size = self._first.num_weights
-            deltas = [_scaffold.check_parts(o.parts, size, o.client_id) for o in kept]
+            deltas = [_scaffold.check_parts(o.parts, size, o.client_id) for o in chosen]
             work = _scaffold.server_update(work, deltas, len(plan.client_ids), self.num_clients)
         new_state = ServerState(model, opt_state, result.state, round_num, work)
         metrics = combine_metrics(self._metric_names, [(o.metrics, o.loss_sum, o.num_examples) for o in kept])

@@ -15,7 +15,9 @@ runs, :mod:`fedr.learning.client_state`; zero for a client seen the first time):
   process's aggregator and server optimizer; SGD 1.0 is the paper's global
   step 1), and c <- c + (1 / N) * sum of the round's control deltas, with N
   the number of clients in the federation (``num_clients``; None: the round's
-  clients, i.e. every client takes part each round).
+  clients, i.e. every client takes part each round). Under a robust rule
+  that keeps only some updates (Krum, Bulyan, zeroing), only those clients'
+  control deltas move c: what the rule left out reaches the model no other way.
 
 The local step must be plain SGD at a constant learning rate (the lr in
 option II's formula); other client optimizers are refused. K counts the
@@ -70,8 +72,8 @@ def client_learning_rate(optimizer: Any, argument: str = "client_optimizer_fn") 
     name = type(optimizer).__name__
     if not isinstance(optimizer, keras.optimizers.SGD):
         raise FedValueError(f"{argument}: SCAFFOLD's local steps are plain SGD (its control variates are "
-                            f"computed from the SGD learning rate), got a {name} optimizer; use "
-                            "optimizer_fn('sgd', lr)")
+                            f"computed from the SGD learning rate), got the {name} optimizer; use "
+                            "plain SGD (optimizer_fn('sgd', lr); in R fed_optimizer('sgd', lr))")
     if float(optimizer.momentum) != 0.0 or bool(optimizer.nesterov):
         raise FedValueError(f"{argument}: SCAFFOLD's local steps are plain SGD without momentum, got "
                             f"momentum = {float(optimizer.momentum):g}, nesterov = {bool(optimizer.nesterov)}")
