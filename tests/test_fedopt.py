@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,6 @@ from fedr import executors, learning  # noqa: E402
 from fedr.datasets import ClientData  # noqa: E402
 from fedr.errors import FedValueError  # noqa: E402
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 VARIANTS = ("fedadagrad", "fedyogi", "fedadam")
 
 
@@ -163,16 +161,9 @@ def test_wrong_options_and_a_server_optimizer_on_the_clients_are_named():
 def test_on_flower_two_nodes_give_the_in_process_weights_with_fedprox_clients_too(tmp_path, monkeypatch):
     """FedYogi on the ServerApp and FedProx (mu 0.1) on the nodes: the in-process numbers."""
     pytest.importorskip("flwr", reason="flwr[simulation]==1.42.0 is installed by make setup")
-    from fedr import datasets, flower
+    from flower_nodes import fashion_clients, fashion_model, run_on_nodes
 
-    monkeypatch.setenv("HOME", str(tmp_path))
-    data = datasets.load_fashion_mnist(FASHION)
-    clients = datasets.make_clients(data.x_train, data.y_train, 10)[:2]
-
-    def fashion_model() -> learning.Model:
-        model = keras.Sequential([keras.Input((784,)),
-                                  keras.layers.Dense(10, activation="softmax", kernel_initializer="zeros")])
-        return learning.from_keras_model(model, "sparse_categorical_crossentropy", ["sparse_categorical_accuracy"])
+    clients = fashion_clients(2)
 
     def build():
         return learning.build_weighted_fed_avg(fashion_model, learning.optimizer_fn("sgd", 0.02),
@@ -182,16 +173,7 @@ def test_on_flower_two_nodes_give_the_in_process_weights_with_fedprox_clients_to
     reference = build()
     for _ in range(2):
         expected, _ = reference.next(expected, clients)
-    started = []
-    try:
-        link = flower.superlink(root=str(tmp_path))
-        started.append(link)
-        started += [flower.supernode(str(FASHION), link, client_id=f"client_{i}",
-                                     node_config={"rows": f"{6000 * i}:{6000 * (i + 1)}"}) for i in range(2)]
-        result = flower.run(build(), 2, link, out_dir=str(tmp_path / "out"), round_timeout=120, timeout=600)
-    finally:
-        for p in started:
-            p.stop()
+    result = run_on_nodes(build, tmp_path, monkeypatch, 2, 2)
     np.testing.assert_allclose(result.state.flat_weights, expected.flat_weights, rtol=0, atol=1e-6)
     np.testing.assert_allclose(_named(result.state, "_v"), _named(expected, "_v"), rtol=1e-6, atol=1e-12)
     plain = build().initialize()  # the proximal term reached the nodes: without it the weights differ

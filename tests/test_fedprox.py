@@ -24,7 +24,8 @@ from fedr import learning  # noqa: E402
 from fedr.datasets import ClientData  # noqa: E402
 from fedr.errors import FedValueError  # noqa: E402
 from fedr.executors import SerialExecutor  # noqa: E402
-from fedr.learning.client_update import ClientTask, ClientUpdate  # noqa: E402
+from fedr.learning.client_task import ClientTask  # noqa: E402
+from fedr.learning.client_update import ClientUpdate  # noqa: E402
 
 FEATURES, CLASSES, ROWS, BATCH = 5, 3, 30, 10
 LR, EPOCHS, MU, ROUNDS, SEED = 0.1, 2, 0.5, 3, 11

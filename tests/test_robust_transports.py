@@ -3,13 +3,12 @@
 Their numbers are tested against numpy references in tests/test_robust_rules.py;
 here the same rounds must come out identical on a local Ray of 2 CPUs
 (started and shut down by the test), and geometric median behind zeroing on
-three Flower nodes (loopback) must give the in-process weights.
+three Flower nodes (loopback) and Bulyan on seven must give the in-process weights.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ keras = pytest.importorskip("keras")
 from fedr import aggregators, executors, learning  # noqa: E402
 from fedr.datasets import ClientData  # noqa: E402
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _model_fn() -> learning.Model:
@@ -76,16 +74,7 @@ def test_threads_and_ray_give_the_robust_rules_numbers_bit_for_bit():
 
 def test_geometric_median_behind_zeroing_on_three_flower_nodes_gives_the_in_process_weights(tmp_path, monkeypatch):
     pytest.importorskip("flwr", reason="flwr[simulation]==1.42.0 is installed by make setup")
-    from fedr import datasets, flower
-
-    monkeypatch.setenv("HOME", str(tmp_path))
-    data = datasets.load_fashion_mnist(FASHION)
-    clients = datasets.make_clients(data.x_train, data.y_train, 10)[:3]
-
-    def fashion_model() -> learning.Model:
-        model = keras.Sequential([keras.Input((784,)),
-                                  keras.layers.Dense(10, activation="softmax", kernel_initializer="zeros")])
-        return learning.from_keras_model(model, "sparse_categorical_crossentropy", ["sparse_categorical_accuracy"])
+    from flower_nodes import fashion_clients, fashion_model, run_on_nodes
 
     def build():
         rule = aggregators.zeroing(100.0, inner=aggregators.geometric_median())
@@ -95,18 +84,25 @@ def test_geometric_median_behind_zeroing_on_three_flower_nodes_gives_the_in_proc
     reference = build()
     expected = reference.initialize()
     for _ in range(2):
-        expected, _ = reference.next(expected, clients)
-    started = []
-    try:
-        link = flower.superlink(root=str(tmp_path))
-        started.append(link)
-        started += [flower.supernode(str(FASHION), link, client_id=f"client_{i}",
-                                     node_config={"rows": f"{6000 * i}:{6000 * (i + 1)}"}) for i in range(3)]
-        result = flower.run(build(), 2, link, out_dir=str(tmp_path / "out"), min_nodes=3, round_timeout=120,
-                            timeout=600)
-    finally:
-        for p in started:
-            p.stop()
+        expected, _ = reference.next(expected, fashion_clients(3))
+    result = run_on_nodes(build, tmp_path, monkeypatch, 3, 2, min_nodes=3)
     np.testing.assert_allclose(result.state.flat_weights, expected.flat_weights, rtol=0, atol=1e-6)
     assert [row["num_clients"] for row in result.history] == [3, 3]
     assert all(row["inner_geometric_median_iterations"] >= 1 for row in result.history)
+
+
+def test_bulyan_on_seven_flower_nodes_gives_the_in_process_weights(tmp_path, monkeypatch):
+    """Bulyan needs n >= 4f + 3: seven nodes for f = 1, each serving 600 rows (one round, loopback)."""
+    pytest.importorskip("flwr", reason="flwr[simulation]==1.42.0 is installed by make setup")
+    from flower_nodes import fashion_clients, fashion_model, run_on_nodes
+
+    def build():
+        return learning.build_weighted_fed_avg(fashion_model, learning.optimizer_fn("sgd", 0.02),
+                                               aggregator=aggregators.bulyan(1), seed=1)
+
+    reference = build()
+    expected, metrics = reference.next(reference.initialize(), fashion_clients(7, 600))
+    result = run_on_nodes(build, tmp_path, monkeypatch, 7, 1, rows=600, min_nodes=7, round_timeout=300, timeout=900)
+    np.testing.assert_allclose(result.state.flat_weights, expected.flat_weights, rtol=0, atol=1e-6)
+    assert [(row["num_clients"], row["bulyan_selected"]) for row in result.history] == [(7, 5)]
+    assert metrics["bulyan_selected"] == 5.0

@@ -354,19 +354,7 @@ def test_a_flower_node_keeps_its_clients_control_variate_in_its_context_state(tm
 
 def test_on_flower_two_nodes_give_the_in_process_weights_and_control_variate(tmp_path, monkeypatch):
     pytest.importorskip("flwr", reason="flwr[simulation]==1.42.0 is installed by make setup")
-    from pathlib import Path
-
-    from fedr import datasets, flower
-
-    fashion = Path("/usr/share/datasets/fashion-mnist")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    data = datasets.load_fashion_mnist(fashion)
-    clients = datasets.make_clients(data.x_train, data.y_train, 10)[:2]
-
-    def fashion_model() -> learning.Model:
-        model = keras.Sequential([keras.Input((784,)),
-                                  keras.layers.Dense(10, activation="softmax", kernel_initializer="zeros")])
-        return learning.from_keras_model(model, "sparse_categorical_crossentropy", ["sparse_categorical_accuracy"])
+    from flower_nodes import fashion_clients, fashion_model, run_on_nodes
 
     def build():
         return learning.build_scaffold(fashion_model, learning.optimizer_fn("sgd", 0.02), seed=1)
@@ -374,17 +362,8 @@ def test_on_flower_two_nodes_give_the_in_process_weights_and_control_variate(tmp
     reference = build()
     expected = reference.initialize()
     for _ in range(2):
-        expected, _ = reference.next(expected, clients)
-    started = []
-    try:
-        link = flower.superlink(root=str(tmp_path))
-        started.append(link)
-        started += [flower.supernode(str(fashion), link, client_id=f"client_{i}",
-                                     node_config={"rows": f"{6000 * i}:{6000 * (i + 1)}"}) for i in range(2)]
-        result = flower.run(build(), 2, link, out_dir=str(tmp_path / "out"), round_timeout=120, timeout=600)
-    finally:
-        for p in started:
-            p.stop()
+        expected, _ = reference.next(expected, fashion_clients(2))
+    result = run_on_nodes(build, tmp_path, monkeypatch, 2, 2)
     np.testing.assert_allclose(result.state.flat_weights, expected.flat_weights, rtol=0, atol=1e-6)
     np.testing.assert_allclose(_control(result.state), _control(expected), rtol=0, atol=1e-6)
     assert np.linalg.norm(_control(expected)) > 1e-3

@@ -64,6 +64,16 @@
 fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, local_epochs = 1L,
                           seed = NULL, executor = NULL, aggregator = NULL, min_clients = 1L,
                           proximal_mu = 0) {
+  new_fed_process("build_weighted_fed_avg", model, client_optimizer, server_optimizer, local_epochs, seed,
+                  executor, aggregator, min_clients, proximal_mu)
+}
+
+# The one builder of a `fed_process` (fed_averaging(), fed_scaffold()): the
+# arguments converted once, the Python builder `builder` called with every
+# argument named, and the R object. `extra`: further arguments, converted by
+# the caller, passed to Python and kept in the object (SCAFFOLD's num_clients).
+new_fed_process <- function(builder, model, client_optimizer, server_optimizer, local_epochs, seed, executor,
+                            aggregator, min_clients, proximal_mu, extra = list()) {
   if (!inherits(model, "fed_model")) {
     fedr_abort(sprintf("`model` must be a fed_model() object, not %s.", describe(model)), "model")
   }
@@ -79,14 +89,14 @@ fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, loca
   proximal_mu <- as_number(proximal_mu, "proximal_mu")  # one number here; its range is the core's rule
   # Every argument named, so that an error is blamed on the one its message
   # names (e.g. a model that cannot travel to Ray), not on `min_clients`.
-  py <- fedr_call(learning$build_weighted_fed_avg(
-    model$py_fn, client, server,
-    local_epochs = local_epochs, seed = seed, executor = executor$py, aggregator = aggregator$py,
-    min_clients = min_clients, proximal_mu = proximal_mu
-  ), arg = c(model_fn = "model", client_optimizer_fn = "client_optimizer", server_optimizer_fn = "server_optimizer",
-             "local_epochs", "seed", "executor", "aggregator", "min_clients", "proximal_mu"))
+  args <- c(list(model$py_fn, client, server, local_epochs = local_epochs, seed = seed, executor = executor$py,
+                 aggregator = aggregator$py, min_clients = min_clients, proximal_mu = proximal_mu), extra)
+  py <- fedr_call(do.call(learning[[builder]], args),
+                  arg = c(model_fn = "model", client_optimizer_fn = "client_optimizer",
+                          server_optimizer_fn = "server_optimizer", "local_epochs", "seed", "executor", "aggregator",
+                          "min_clients", "proximal_mu", names(extra)))
   structure(
-    list(
+    c(list(
       py = py,
       model = model,
       client_optimizer = client_optimizer,
@@ -96,7 +106,7 @@ fed_averaging <- function(model, client_optimizer, server_optimizer = NULL, loca
       executor = executor,
       aggregator = aggregator,
       proximal_mu = proximal_mu
-    ),
+    ), extra),
     class = "fed_process"
   )
 }

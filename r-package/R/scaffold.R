@@ -74,44 +74,11 @@
 fed_scaffold <- function(model, client_optimizer, server_optimizer = NULL, local_epochs = 1L,
                          seed = NULL, executor = NULL, aggregator = NULL, min_clients = 1L,
                          proximal_mu = 0, num_clients = NULL) {
-  if (!inherits(model, "fed_model")) {
-    fedr_abort(sprintf("`model` must be a fed_model() object, not %s.", describe(model)), "model")
-  }
-  if (missing(client_optimizer)) fedr_abort("`client_optimizer` is missing.", "client_optimizer")
-  client <- as_py_optimizer(client_optimizer, "client_optimizer")
-  server <- if (is.null(server_optimizer)) NULL else as_py_optimizer(server_optimizer, "server_optimizer")
-  local_epochs <- as_integer(local_epochs, "local_epochs")
-  seed <- as_seed(seed)
-  executor <- as_executor(executor)
-  aggregator <- as_aggregator(aggregator)
-  learning <- fedr_module("fedr.learning")
-  min_clients <- as_count_or_fraction(min_clients, "min_clients")
-  proximal_mu <- as_number(proximal_mu, "proximal_mu")  # one number here; its range is the core's rule
   num_clients <- as_count(num_clients, "num_clients")  # R's 100 is a double; Python wants an int
-  # Every argument named, so that an error is blamed on the one its message
-  # names (a client optimizer that is not plain SGD: `client_optimizer`).
-  py <- fedr_call(learning$build_scaffold(
-    model$py_fn, client, server,
-    num_clients = num_clients, local_epochs = local_epochs, seed = seed, executor = executor$py,
-    aggregator = aggregator$py, min_clients = min_clients, proximal_mu = proximal_mu
-  ), arg = c(model_fn = "model", client_optimizer_fn = "client_optimizer", server_optimizer_fn = "server_optimizer",
-             "num_clients", "local_epochs", "seed", "executor", "aggregator", "min_clients", "proximal_mu"))
-  structure(
-    list(
-      py = py,
-      model = model,
-      client_optimizer = client_optimizer,
-      server_optimizer = server_optimizer %||% "sgd(learning_rate = 1)",
-      local_epochs = local_epochs,
-      seed = seed,
-      executor = executor,
-      aggregator = aggregator,
-      proximal_mu = proximal_mu,
-      scaffold = TRUE,
-      num_clients = num_clients
-    ),
-    class = "fed_process"
-  )
+  process <- new_fed_process("build_scaffold", model, client_optimizer, server_optimizer, local_epochs, seed,
+                             executor, aggregator, min_clients, proximal_mu, extra = list(num_clients = num_clients))
+  process$scaffold <- TRUE
+  process
 }
 
 #' The states SCAFFOLD's clients keep

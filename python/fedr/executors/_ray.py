@@ -139,7 +139,7 @@ class _ActorSpec(NamedTuple):
     spec: Any
     optimizer: dict[str, Any]
     local_epochs: int
-    task: Any  # the process's client task (fedr.learning.client_update.ClientTask)
+    task: Any  # the process's client task (fedr.learning.client_task.ClientTask)
 
 
 class RayCarrier:

@@ -357,7 +357,7 @@ def train_records(content: Mapping[str, Any], node_config: Mapping[str, Any], st
     ``Context.state``) and replies with only what it returns.
     """
     from fedr.flower import _codec
-    from fedr.learning.client_update import apply_client_step, train_client
+    from fedr.learning.client_task import apply_client_step, train_client
     from fedr.learning.state import check_weights
     from fedr.protocol import ClientFailure, describe_error
 

@@ -311,7 +311,7 @@ class FedrStrategy(_Strategy):
     def _result(self, i: int, client_id: str, node: int, reply: Any, lost: dict[int, Any], view: Any,
                 size: int) -> Any:
         """Client ``i``'s result of the round: its output as sent (checked), or a named failure."""
-        from fedr.learning.client_update import apply_client_step
+        from fedr.learning.client_task import apply_client_step
 
         if i in lost:
             return lost[i]

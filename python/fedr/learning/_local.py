@@ -19,7 +19,8 @@ import numpy as np
 from fedr.datasets import ClientData
 from fedr.errors import FedError, FedValueError
 from fedr.executors import Executor
-from fedr.learning.client_update import ClientUpdate, apply_client_step, run_client
+from fedr.learning.client_task import apply_client_step, run_client
+from fedr.learning.client_update import ClientUpdate
 from fedr.learning.state import ModelWeights
 from fedr.protocol.messages import ClientFailure, ClientOutput, carry_stage, describe_error
 
@@ -179,7 +180,7 @@ def run_local_round(
 ) -> list[ClientOutput | ClientFailure]:
     """Run a round's client tasks here: one per client, or a group's training in one graph call.
 
-    Each client is :func:`~fedr.learning.client_update.run_client` (train,
+    Each client is :func:`~fedr.learning.client_task.run_client` (train,
     then ``aggregator.encode`` with its view and its session); a group trains
     together and encodes one by one, and a group that fails falls back to one
     call per client to name the failing one. Clients in ``lost`` (dropped in a

@@ -6,6 +6,8 @@ Split from :mod:`fedr.learning.process`, which composes them; see
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -14,13 +16,13 @@ import numpy as np
 from fedr import _seeds
 from fedr.aggregators import Aggregator
 from fedr.datasets import ClientData
-from fedr.errors import FedWarning
+from fedr.errors import FedValueError, FedWarning
 from fedr.learning.state import ModelWeights, ServerState
 from fedr.protocol.messages import ClientFailure
 
 __all__ = [
     "ClientsDroppedWarning", "ClientsFailedWarning", "LearningProcessOutput", "RoundJob", "RoundPlan",
-    "combine_metrics",
+    "combine_metrics", "usable_outputs",
 ]
 
 
@@ -90,3 +92,50 @@ def _client_seeds(base: int, round_num: int, client_ids: Sequence[str]) -> list[
         seen[client_id] = repeat + 1
         seeds.append(_seeds.client_seed(key, round_num, client_id, repeat))
     return seeds
+
+
+def usable_outputs(
+    round_num: int, n_clients: int, results: Sequence[Any], min_clients: int | float, stacklevel: int,
+) -> tuple[list[Any], list[ClientFailure], list[str]]:
+    """A round's usable outputs (finite), its failures and the ids of its non-finite (dropped) outputs.
+
+    One rule for every carrier: failed clients are named in a
+    :class:`ClientsFailedWarning`, non-finite updates in a
+    :class:`ClientsDroppedWarning`; with fewer than ``min_clients`` (a count,
+    or a fraction of the round's ``n_clients``) usable outputs, or none at
+    all, the round raises FedValueError and its state stays the last good one.
+    ``stacklevel`` is the warnings' (``warnings.warn``'s, from this function).
+    """
+    failed = [r for r in results if isinstance(r, ClientFailure)]
+    outputs = [r for r in results if not isinstance(r, ClientFailure)]
+    kept = [out for out in outputs if out.finite]
+    dropped = [out.client_id for out in outputs if not out.finite]
+    if not kept and not failed:
+        raise FedValueError(
+            f"round {round_num}: every client's update was non-finite (NaN or Inf), so training "
+            f"diverged ({len(dropped)} client(s): {', '.join(dropped)}); lower the client learning "
+            "rate and start again from this round's state"
+        )
+    needed = min_clients if isinstance(min_clients, int) else math.ceil(min_clients * n_clients)
+    needed = max(1, needed)
+    if len(kept) < needed:
+        parts = [f"{f.client_id} ({f.error})" for f in failed] + [f"{d} (non-finite update)" for d in dropped]
+        raise FedValueError(
+            f"round {round_num}: only {len(kept)} of {n_clients} clients returned a usable update, "
+            f"fewer than min_clients = {needed}; left out: {'; '.join(parts)}. The state is unchanged"
+        )
+    if failed:
+        warnings.warn(
+            f"round {round_num}: {len(failed)} client(s) failed and were left out: "
+            + "; ".join(f"{f.client_id}: {f.error}" for f in failed),
+            ClientsFailedWarning,
+            stacklevel=stacklevel,
+        )
+    if dropped:
+        warnings.warn(
+            f"round {round_num}: {len(dropped)} client(s) left out of the aggregate because their "
+            f"update was not finite (NaN or Inf): {', '.join(dropped)}",
+            ClientsDroppedWarning,
+            stacklevel=stacklevel,
+        )
+    return kept, failed, dropped

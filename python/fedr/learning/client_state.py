@@ -25,17 +25,15 @@ methods (a client's own layers) can keep their state here the same way.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from fedr.errors import FedTypeError, FedValueError
-from fedr.learning.state import StateFileError, write_npz
+from fedr.learning.state import StateFileError, read_npz, write_npz
 
 __all__ = ["CLIENT_STATES_FORMAT_VERSION", "ClientStates", "load_client_states"]
 
@@ -152,34 +150,15 @@ def load_client_states(path: str | os.PathLike[str]) -> ClientStates:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no client-states file at {path!r}")
 
-    def bad(what: str) -> StateFileError:
-        return StateFileError(f"{path!r} is not a readable fedr client-states file: {what}")
-
+    header, entries = read_npz(path, _MAGIC, CLIENT_STATES_FORMAT_VERSION, "client-states file", "client-states")
+    states: dict[str, dict[str, np.ndarray]] = {}
+    for entry, array in entries:
+        if "client" not in entry:
+            raise StateFileError(f"{path!r} is not a readable fedr client-states file: an array without its client")
+        array.flags.writeable = False
+        states.setdefault(str(entry["client"]), {})[str(entry["name"])] = array
+    round_num = int(header["round_num"])
     store = ClientStates()
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if _HEADER not in npz.files:
-                raise bad(f"it has no '{_HEADER}' header")
-            header = json.loads(bytes(npz[_HEADER]).decode())
-            if not isinstance(header, dict) or header.get("format") != _MAGIC:
-                raise bad("its header is not a fedr client-states header")
-            if header.get("version") != CLIENT_STATES_FORMAT_VERSION:
-                raise bad(f"format version {header.get('version')!r}; this fedr reads "
-                          f"version {CLIENT_STATES_FORMAT_VERSION}")
-            states: dict[str, dict[str, np.ndarray]] = {}
-            for i, entry in enumerate(header["arrays"]):
-                array = npz[f"a{i}"]
-                if list(array.shape) != entry["shape"] or array.dtype.str != entry["dtype"]:
-                    raise bad(f"client '{entry['client']}' array '{entry['name']}' is {array.dtype.str}"
-                              f"{list(array.shape)}, the header says {entry['dtype']}{entry['shape']}")
-                array.flags.writeable = False
-                states.setdefault(str(entry["client"]), {})[str(entry["name"])] = array
-            round_num = int(header["round_num"])
-    except StateFileError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, TypeError) as err:
-        kind = "truncated or corrupt" if isinstance(err, zipfile.BadZipFile | EOFError) else "unreadable"
-        raise bad(f"{kind} ({type(err).__name__}: {err})") from None
     store._states = states
     store.round_num = round_num
     return store

@@ -35,14 +35,12 @@ import tensorflow as tf
 
 from fedr.datasets import ClientData
 from fedr.errors import FedValueError
+from fedr.learning._targets import check_targets
 from fedr.learning.model import Model
 from fedr.learning.state import ModelWeights
 from fedr.protocol.messages import ClientFailure, ClientOutput, describe_error
 
-__all__ = [
-    "ClientFailure", "ClientOutput", "ClientTask", "ClientUpdate", "apply_client_step", "check_proximal_mu",
-    "client_tensors", "describe_error", "run_client", "train_client",
-]
+__all__ = ["ClientFailure", "ClientOutput", "ClientUpdate", "check_proximal_mu", "client_tensors", "describe_error"]
 
 
 _TENSORS: weakref.WeakKeyDictionary[ClientData, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()
@@ -115,42 +113,6 @@ def _seed_states(keras_model: Any) -> set[int]:
     return ids
 
 
-# Loss names (Keras's, lower-case) and the targets they take.
-_SPARSE = "sparse"  # integer class ids (n,), each in [0, classes)
-_ONE_HOT = "one_hot"  # (n, classes)
-_SAME_SHAPE = "same_shape"  # the model's output shape, (n,) for one output unit
-_ONE_HOT_LOSSES = {"categorical_crossentropy", "categorical_focal_crossentropy", "categorical_hinge"}
-_SAME_SHAPE_LOSSES = {
-    "binary_crossentropy", "binary_focal_crossentropy", "mean_squared_error", "mean_absolute_error",
-    "mean_absolute_percentage_error", "mean_squared_logarithmic_error", "huber", "huber_loss",
-    "log_cosh", "hinge", "squared_hinge", "poisson", "kl_divergence", "kullback_leibler_divergence",
-}
-
-
-_ALIASES = {
-    "mse": "mean_squared_error", "mae": "mean_absolute_error", "mape": "mean_absolute_percentage_error",
-    "msle": "mean_squared_logarithmic_error", "bce": "binary_crossentropy", "kld": "kl_divergence",
-    "logcosh": "log_cosh",
-}
-_ZERO_ONE_LOSSES = {"binary_crossentropy", "binary_focal_crossentropy"}
-
-
-def _loss_name(loss: Any) -> str:
-    name = str(getattr(loss, "name", "") or getattr(loss, "__name__", "")).lower()
-    return _ALIASES.get(name, name)
-
-
-def _target_rule(loss: Any) -> str | None:
-    name = _loss_name(loss)
-    if name.startswith("sparse_categorical"):
-        return _SPARSE
-    if name in _ONE_HOT_LOSSES:
-        return _ONE_HOT
-    if name in _SAME_SHAPE_LOSSES:
-        return _SAME_SHAPE
-    return None  # a loss of the user's own: its targets are its business
-
-
 class ClientUpdate:
     """Local training and evaluation of one model replica, each one compiled graph.
 
@@ -215,7 +177,6 @@ class ClientUpdate:
         out = keras_model.compute_output_shape((None, *model.feature_shape))
         self.output_shape = tuple(out[1:])
         self._output_shape = tf.TensorShape([None, *out[1:]])
-        self._rule = _target_rule(model.loss)
         self._train = _compiled(self._train_graph)
         self._train_cv = _compiled(self._train_cv_graph)
         self._train_group = _compiled(self._train_group_graph)
@@ -234,47 +195,7 @@ class ClientUpdate:
         The message names the client, the value found and what was expected,
         before any TensorFlow graph sees the data.
         """
-        where = f"client '{client.client_id}'"
-        shape = tuple(client.x.shape[1:])
-        if shape != tuple(self.model.feature_shape):
-            raise FedValueError(
-                f"{where}: x has feature shape {shape} but the model expects {tuple(self.model.feature_shape)}"
-            )
-        y, out, loss = client.y, self.output_shape, _loss_name(self.model.loss) or "the loss"
-        if self._rule is None or not out:
-            return
-        classes = int(out[-1])
-        if self._rule == _SPARSE:
-            if y.ndim != 1:
-                raise FedValueError(
-                    f"{where}: y has shape {y.shape} (one-hot or 2-D targets) but the loss '{loss}' "
-                    f"takes integer class labels of shape ({len(y)},); use 'categorical_crossentropy' "
-                    "for one-hot targets"
-                )
-            top = int(y.max())
-            if top >= classes:
-                raise FedValueError(
-                    f"{where}: label {top} is outside the model's {classes} classes; "
-                    f"labels must be in [0, {classes})"
-                )
-        elif self._rule == _ONE_HOT:
-            if y.ndim != 2 or y.shape[1] != classes:
-                raise FedValueError(
-                    f"{where}: y has shape {y.shape} but the loss '{loss}' takes one-hot targets of "
-                    f"shape ({len(y)}, {classes}); use 'sparse_categorical_crossentropy' for integer labels"
-                )
-        else:
-            fits = tuple(y.shape[1:]) == out or (y.ndim == 1 and out == (1,))
-            if not fits:
-                raise FedValueError(
-                    f"{where}: y has shape {y.shape} but the model's output is {(len(y), *out)} "
-                    f"and the loss '{loss}' compares them element by element"
-                )
-            if _loss_name(self.model.loss) in _ZERO_ONE_LOSSES and y.size and (y.min() < 0 or y.max() > 1):
-                raise FedValueError(
-                    f"{where}: y has values in [{y.min()}, {y.max()}] but the loss '{loss}' takes "
-                    "targets in [0, 1]"
-                )
+        check_targets(client, tuple(self.model.feature_shape), self.output_shape, self.model.loss)
 
     def prepare(self, client: ClientData, *, train: bool = True, group: bool = False) -> None:
         """Trace the graph that ``client``'s data needs, on the calling thread, if not yet traced.
@@ -556,128 +477,3 @@ class ClientUpdate:
             flat, list(weights.non_trainable), *client_tensors(client), _scale(client)
         )
         return metrics.numpy(), float(loss_sum), int(count)
-
-
-def run_client(
-    replica: ClientUpdate,
-    weights: ModelWeights,
-    flat: np.ndarray,
-    client: ClientData,
-    seed: np.random.SeedSequence | np.ndarray | None,
-    aggregator: Any,
-    view: Any,
-    session: Any = None,
-    control: np.ndarray | None = None,
-    client_state: Any = None,
-) -> ClientOutput | ClientFailure:
-    """One client's whole task in a round: local training, then the aggregator's client step (``encode``).
-
-    The same function runs in a local worker thread, in a remote worker (Ray
-    actor) and on a Flower node: ``view`` is the aggregator's public view for
-    this client, ``session`` its own state of the round's earlier stages,
-    kept where it runs. For SCAFFOLD (a replica with ``control_variates``),
-    ``control`` is the server's c and ``client_state`` the client's own
-    state (None the first time); the output then carries its control delta
-    (``parts``) and its new state (``client_state``) for the carrier to keep.
-    An exception becomes a :class:`ClientFailure` naming the client: one
-    failing client does not fail the round.
-    """
-    try:
-        out = train_client(replica, weights, flat, client, seed, control, client_state)
-        return apply_client_step(out, aggregator, view, session)
-    except Exception as err:  # noqa: BLE001 - reported as the client's failure
-        return ClientFailure(client.client_id, describe_error(err))
-
-
-def train_client(
-    replica: ClientUpdate,
-    weights: ModelWeights,
-    flat: np.ndarray,
-    client: ClientData,
-    seed: np.random.SeedSequence | np.ndarray | None,
-    control: np.ndarray | None = None,
-    client_state: Any = None,
-) -> ClientOutput:
-    """A client's local training, with SCAFFOLD's client step for a replica with ``control_variates``.
-
-    FedAvg and FedProx: :meth:`ClientUpdate.train`. SCAFFOLD: the steps are
-    corrected by ``control`` (the server's c) minus the client's own c_i
-    (``client_state``, None the first time), and a finite output carries the
-    control delta in ``parts`` and the client's new state in ``client_state``.
-    Every carrier (threads, Ray, a Flower node) trains through this function.
-
-    Raises:
-        FedValueError: a SCAFFOLD replica without ``control``, or a client state of the wrong shape.
-    """
-    if not replica.control_variates:
-        return replica.train(weights, flat, client, seed)
-    from fedr.learning import scaffold
-
-    if control is None:
-        raise FedValueError("SCAFFOLD: the round brought no server control variate")
-    out = replica.train(weights, flat, client, seed, scaffold.correction(control, client_state))
-    if not out.finite:
-        return out
-    steps = (len(client.offsets) - 1) * replica.local_epochs
-    sent, new_state = scaffold.client_result(control, client_state, out.delta, steps, replica.learning_rate)
-    if not np.isfinite(sent).all():
-        return out._replace(finite=False)
-    return out._replace(parts={scaffold.CONTROL_DELTA: sent}, client_state=new_state)
-
-
-def apply_client_step(out: ClientOutput, aggregator: Any, view: Any, session: Any = None) -> ClientOutput:
-    """The aggregator's client step (clip, quantise, mask) on a finite output; non-finite outputs pass as they are."""
-    if not out.finite:
-        return out
-    return out._replace(delta=aggregator.encode(view, out.delta, num_examples=out.num_examples, session=session))
-
-
-class ClientTask:
-    """The client task as an object a carrier can be handed (Ray ships it by reference, no code of the user's).
-
-    ``replica`` builds a client's compiled model from the process's model
-    spec; ``run`` is :func:`run_client`. Carriers (``fedr.executors``) run it
-    without importing the learning modules themselves.
-
-    Args:
-        proximal_mu: FedProx's proximal coefficient of the process (see
-            :class:`ClientUpdate`); it travels with the task, so every
-            replica a carrier builds trains the process's way. 0 is FedAvg.
-
-        control_variates: SCAFFOLD's client task (its replicas take a
-            correction; see :func:`run_client`).
-
-    Raises:
-        FedValueError: ``proximal_mu`` is not a finite number >= 0.
-    """
-
-    def __init__(self, proximal_mu: float = 0.0, control_variates: bool = False) -> None:
-        self.proximal_mu = check_proximal_mu(proximal_mu)
-        self.control_variates = bool(control_variates)
-
-    def replica(self, spec: Any, optimizer: dict[str, Any], local_epochs: int) -> ClientUpdate:
-        """Build a compiled client replica from the model ``spec`` and the optimizer's Keras config.
-
-        Args:
-            spec: The process's :class:`~fedr.learning.ModelSpec`.
-            optimizer: The client optimizer's Keras config.
-            local_epochs: Passes over a client's batches per round.
-
-        Returns:
-            A :class:`ClientUpdate` with this task's ``proximal_mu`` and ``control_variates``.
-        """
-        import keras
-
-        return ClientUpdate(
-            spec.build(), keras.saving.deserialize_keras_object(optimizer), local_epochs=local_epochs,
-            proximal_mu=self.proximal_mu, control_variates=self.control_variates,
-        )
-
-    def run(self, *args: Any) -> ClientOutput | ClientFailure:
-        """Run one client's task: :func:`run_client` with ``args``."""
-        return run_client(*args)
-
-    def __repr__(self) -> str:
-        parts = ([f"proximal_mu={self.proximal_mu:g}"] if self.proximal_mu else []) + (
-            ["control_variates=True"] if self.control_variates else [])
-        return f"ClientTask({', '.join(parts)})"

@@ -28,7 +28,8 @@ One round is data flowing one way (../shared/DESIGN.md, README "How fedr is buil
 The parts live beside this module: the round's records and the local carrier
 (``_round``), the local way of running many client tasks (``_local``),
 argument checks (``_checks``), sampling (``sampling``), evaluation
-(``evaluation``), the process as data (``spec``).
+(``evaluation``), the process as data (``spec``), the public builders
+(``builders``: ``build_weighted_fed_avg``, ``build_scaffold``).
 
 Everything a round needs is in the :class:`ServerState` it is given: the same
 state and data give the same result whatever ran before, and a state saved
@@ -37,7 +38,6 @@ with :func:`fedr.learning.save_state` resumes bit for bit.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -63,14 +63,16 @@ from fedr.learning._round import (
     RoundPlan,
     _client_seeds,
     combine_metrics,
+    usable_outputs,
 )
 from fedr.learning import scaffold as _scaffold
 from fedr.learning.client_state import ClientStates, take_client_states
-from fedr.learning.client_update import ClientFailure, ClientOutput, ClientTask, ClientUpdate, check_proximal_mu
+from fedr.learning.client_task import ClientTask
+from fedr.learning.client_update import ClientFailure, ClientOutput, ClientUpdate, check_proximal_mu
 from fedr.learning.evaluation import FederatedEvaluation, build_fed_eval
 from fedr.learning.sampling import sample_clients, sample_clients_poisson
 from fedr.learning.spec import ProcessSpec
-from fedr.learning.model import Model, model_spec, optimizer_fn
+from fedr.learning.model import Model, model_spec
 from fedr.learning.server_update import ServerOptimizer
 from fedr.learning.state import ModelWeights, ServerState, check_weights
 
@@ -83,9 +85,6 @@ __all__ = [
     "ProcessSpec",
     "RoundPlan",
     "build_fed_eval",
-    "build_federated_averaging_process",
-    "build_scaffold",
-    "build_weighted_fed_avg",
     "combine_metrics",
     "sample_clients",
     "sample_clients_poisson",
@@ -360,7 +359,7 @@ class FedAvgProcess:
         For executors whose clients hold their own data (Flower nodes): the
         aggregator's ``start_round`` (which may refuse the round) runs here,
         and each client gets its seed from (seed, round, client id). Run the
-        clients' updates (:func:`~fedr.learning.client_update.apply_client_step`
+        clients' updates (:func:`~fedr.learning.client_task.apply_client_step`
         on each finite output), then call :meth:`finish_round`.
 
         Raises:
@@ -405,39 +404,8 @@ class FedAvgProcess:
             raise FedValueError(
                 f"round {round_num}: expected {len(plan.client_ids)} client results, got {len(results)}"
             )
-        failed = [r for r in results if isinstance(r, ClientFailure)]
-        outputs = [r for r in results if not isinstance(r, ClientFailure)]
-        kept = [out for out in outputs if out.finite]
-        dropped = [out.client_id for out in outputs if not out.finite]
-        if not kept and not failed:
-            raise FedValueError(
-                f"round {round_num}: every client's update was non-finite (NaN or Inf), so training "
-                f"diverged ({len(dropped)} client(s): {', '.join(dropped)}); lower the client learning "
-                "rate and start again from this round's state"
-            )
-        n_clients = len(plan.client_ids)
-        needed = self.min_clients if isinstance(self.min_clients, int) else math.ceil(self.min_clients * n_clients)
-        needed = max(1, needed)
-        if len(kept) < needed:
-            parts = [f"{f.client_id} ({f.error})" for f in failed] + [f"{d} (non-finite update)" for d in dropped]
-            raise FedValueError(
-                f"round {round_num}: only {len(kept)} of {n_clients} clients returned a usable update, "
-                f"fewer than min_clients = {needed}; left out: {'; '.join(parts)}. The state is unchanged"
-            )
-        if failed:
-            warnings.warn(
-                f"round {round_num}: {len(failed)} client(s) failed and were left out: "
-                + "; ".join(f"{f.client_id}: {f.error}" for f in failed),
-                ClientsFailedWarning,
-                stacklevel=stacklevel,
-            )
-        if dropped:
-            warnings.warn(
-                f"round {round_num}: {len(dropped)} client(s) left out of the aggregate because their "
-                f"update was not finite (NaN or Inf): {', '.join(dropped)}",
-                ClientsDroppedWarning,
-                stacklevel=stacklevel,
-            )
+        kept, failed, dropped = usable_outputs(round_num, len(plan.client_ids), results, self.min_clients,
+                                               stacklevel + 1)
         if aggregator.stages_after:
             if carry is None:
                 raise FedValueError(
@@ -541,155 +509,3 @@ class FedAvgProcess:
     def get_model_weights(self, state: ServerState) -> ModelWeights:
         """The model weights of ``state`` (as TensorFlow Federated's ``get_model_weights``)."""
         return self.check_state(state).model
-
-
-def build_weighted_fed_avg(
-    model_fn: Callable[[], Model],
-    client_optimizer_fn: Callable[[], Any],
-    server_optimizer_fn: Callable[[], Any] | None = None,
-    *,
-    local_epochs: int = 1,
-    aggregator: Aggregator | None = None,
-    executor: Executor | None = None,
-    seed: int | None = None,
-    workers: int | None = None,
-    min_clients: int | float = 1,
-    proximal_mu: float = 0.0,
-) -> FedAvgProcess:
-    """Build the example-weighted federated averaging process.
-
-    Args:
-        model_fn: A function with no arguments that builds a fresh Keras model and
-            returns ``from_keras_model(...)``.
-        client_optimizer_fn: A function returning the clients' Keras optimizer,
-            e.g. ``optimizer_fn("sgd", 0.02)``; it is fresh (state reset) for
-            every client in every round.
-        server_optimizer_fn: A function returning the server's Keras optimizer.
-            Default SGD with learning rate 1.0, the original FedAvg.
-        local_epochs: Passes over its data each client makes per round.
-        aggregator: How client updates are combined; default
-            ``fedr.aggregators.mean()``, the example-weighted mean.
-        executor: Who runs the clients; default ``fedr.executors.threads()``,
-            one thread and model replica per core. Results do not depend on it.
-        seed: With a seed, the initial weights and every client's randomness
-            (Dropout, ...) derive from (seed, round, client), so runs repeat bit
-            for bit with any executor. ``None`` draws fresh randomness. A seed
-            also seeds Keras's global generators (``keras.utils.set_random_seed``)
-            before ``model_fn`` runs.
-        workers: Shorthand for ``executor=fedr.executors.threads(workers)``.
-        min_clients: How many clients must return a usable update for a round
-            to count: a count (an int; a round with fewer clients is refused
-            before they train), or a fraction (a float in (0, 1]) of the
-            round's clients. A client
-            that raises, dies or times out is left out and named
-            (``num_clients_failed`` and a :class:`ClientsFailedWarning`); with
-            fewer than ``min_clients`` left the round fails and the state is
-            unchanged.
-        proximal_mu: FedProx's proximal coefficient mu (Li et al. 2020), a
-            finite number >= 0: each client minimises its loss plus
-            ``mu / 2 * ||w - w_server||^2`` over the trainable weights, with
-            ``w_server`` the round's starting weights, which limits how far
-            clients with heterogeneous data drift. The training ``loss``
-            reported stays the task loss, without the proximal term. 0 (the
-            default) is FedAvg, bit for bit.
-
-    Returns:
-        A :class:`FedAvgProcess` with ``initialize``, ``next`` and ``evaluate``.
-
-    Raises:
-        FedTypeError: an argument is not of the expected kind.
-        FedValueError: ``local_epochs``, ``proximal_mu``, ``seed`` or ``workers``
-            is out of range; for ``proximal_mu`` the message starts with
-            ``"proximal_mu: expected a number >= 0, got"``.
-    """
-    if workers is not None:
-        if executor is not None:
-            raise FedValueError("workers: give `workers` or `executor`, not both")
-        executor = threads(workers)
-    if server_optimizer_fn is None:
-        server_optimizer_fn = optimizer_fn("sgd", 1.0)
-    return FedAvgProcess(
-        model_fn,
-        client_optimizer_fn,
-        server_optimizer_fn,
-        local_epochs=local_epochs,
-        aggregator=aggregator,
-        executor=executor,
-        seed=seed,
-        min_clients=min_clients,
-        proximal_mu=proximal_mu,
-    )
-
-
-build_federated_averaging_process = build_weighted_fed_avg
-
-
-
-
-def build_scaffold(
-    model_fn: Callable[[], Model],
-    client_optimizer_fn: Callable[[], Any],
-    server_optimizer_fn: Callable[[], Any] | None = None,
-    *,
-    num_clients: int | None = None,
-    local_epochs: int = 1,
-    aggregator: Aggregator | None = None,
-    executor: Executor | None = None,
-    seed: int | None = None,
-    workers: int | None = None,
-    min_clients: int | float = 1,
-    proximal_mu: float = 0.0,
-) -> FedAvgProcess:
-    """Build SCAFFOLD (Karimireddy et al. 2020, option II control variates): FedAvg corrected for client drift.
-
-    Each client's local SGD steps follow ``g(y) + c - c_i`` instead of its
-    own gradient ``g(y)``: ``c`` is the server's control variate (in
-    ``ServerState.client_work``, saved with the state), ``c_i`` the client's
-    own, which it keeps between the rounds it takes part in (zero the first
-    time). After training the client sets ``c_i+ = c_i - c + (x - y) / (K *
-    lr)`` over its K local steps and sends its model delta and control delta
-    ``c_i+ - c_i``; the server applies the aggregated model delta with the
-    server optimizer and moves ``c`` by the sum of the control deltas over
-    ``num_clients``. On data split unevenly over clients (e.g. a Dirichlet
-    label split) this needs fewer rounds than FedAvg; see bench/README.md.
-
-    The clients' ``c_i`` are never part of the server's state: for clients
-    in this process or on Ray they are in ``process.client_states`` (the
-    store beside the clients' data; save it with
-    :meth:`~fedr.learning.ClientStates.save`, and ``fit(checkpoint_dir=)``
-    does), a Flower node keeps its own.
-
-    Args:
-        model_fn, server_optimizer_fn, local_epochs, aggregator, executor,
-            seed, workers, min_clients, proximal_mu: As in
-            :func:`build_weighted_fed_avg`. The aggregator must read the
-            updates on the server (not DP or secure aggregation: the control
-            deltas travel in plaintext).
-        client_optimizer_fn: Plain SGD at a constant learning rate, e.g.
-            ``optimizer_fn("sgd", 0.05)`` (option II's formula takes it).
-        num_clients: N, the number of clients in the federation, when each
-            round samples some of them (the server's c moves by the sum of
-            the round's control deltas over N); None (default) takes each
-            round's clients, right when every client takes part in every round.
-
-    Returns:
-        A :class:`FedAvgProcess` (``process.scaffold`` is True).
-
-    Raises:
-        FedValueError: the client optimizer is not plain SGD (the message
-            starts with ``client_optimizer_fn:``), ``num_clients`` is not a
-            positive integer, the aggregator protects updates, or any of
-            :func:`build_weighted_fed_avg`'s refusals; at a round with more
-            clients than ``num_clients``.
-    """
-    if workers is not None:
-        if executor is not None:
-            raise FedValueError("workers: give `workers` or `executor`, not both")
-        executor = threads(workers)
-    if server_optimizer_fn is None:
-        server_optimizer_fn = optimizer_fn("sgd", 1.0)
-    return FedAvgProcess(
-        model_fn, client_optimizer_fn, server_optimizer_fn, local_epochs=local_epochs, aggregator=aggregator,
-        executor=executor, seed=seed, min_clients=min_clients, proximal_mu=proximal_mu, scaffold=True,
-        num_clients=num_clients,
-    )

@@ -400,44 +400,64 @@ def load_state(path: str | os.PathLike[str], process: Any = None) -> ServerState
     return state
 
 
-def _read_state(path: str | os.PathLike[str]) -> ServerState:
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise FedValueError(f"path: {path!r} is a directory, not a checkpoint file written by save_state()")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"path: no checkpoint file at {path!r}")
+def read_npz(path: str, magic: str, version: int, what: str,
+             kind: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], np.ndarray]]]:
+    """Read a file of :func:`write_npz` whose header has ``format`` ``magic`` and ``version``: (header, entries).
 
-    def bad(what: str) -> StateFileError:
-        return StateFileError(f"{path!r} is not a readable fedr checkpoint: {what}")
+    Each entry is the header's description of an array (``name``, ``shape``,
+    ``dtype`` and the file's own keys) and the array, checked against it.
+    ``what`` names the kind of file in messages ("checkpoint"), ``kind`` its
+    header ("state": "not a fedr state header"). Shared by the
+    server state's file and the client states' file.
+
+    Raises:
+        StateFileError: not such a file, truncated, corrupt, or another version; the message names ``path``.
+    """
+    def bad(text: str) -> StateFileError:
+        return StateFileError(f"{path!r} is not a readable fedr {what}: {text}")
 
     try:
         with np.load(path, allow_pickle=False) as npz:
             if _HEADER not in npz.files:
                 raise bad(f"it has no '{_HEADER}' header (a foreign .npz file?)")
             header = json.loads(bytes(npz[_HEADER]).decode())
-            if not isinstance(header, dict) or header.get("format") != _MAGIC:
-                raise bad("its header is not a fedr state header")
-            if header.get("version") != FORMAT_VERSION:
-                raise bad(
-                    f"format version {header.get('version')!r}; this fedr reads version {FORMAT_VERSION}"
-                )
-            groups: dict[str, list[tuple[str, np.ndarray]]] = {
-                "trainable": [], "non_trainable": [], "optimizer": [], "aggregator": [], "client_work": [],
-            }
+            if not isinstance(header, dict) or header.get("format") != magic:
+                raise bad(f"its header is not a fedr {kind} header")
+            if header.get("version") != version:
+                raise bad(f"format version {header.get('version')!r}; this fedr reads version {version}")
+            entries = []
             for i, entry in enumerate(header["arrays"]):
                 array = npz[f"a{i}"]
                 if list(array.shape) != entry["shape"] or array.dtype.str != entry["dtype"]:
-                    raise bad(
-                        f"array '{entry['name']}' is {array.dtype.str}{list(array.shape)}, "
-                        f"the header says {entry['dtype']}{entry['shape']}"
-                    )
-                groups[entry["group"]].append((entry["name"], array))
-            round_num = int(header["round_num"])
+                    owner = f"client '{entry['client']}' " if "client" in entry else ""
+                    raise bad(f"{owner}array '{entry['name']}' is {array.dtype.str}{list(array.shape)}, "
+                              f"the header says {entry['dtype']}{entry['shape']}")
+                entries.append((entry, array))
+            int(header["round_num"])
     except StateFileError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, TypeError) as err:
         kind = "truncated or corrupt" if isinstance(err, zipfile.BadZipFile | EOFError) else "unreadable"
         raise bad(f"{kind} ({type(err).__name__}: {err})") from None
+    return header, entries
+
+
+def _read_state(path: str | os.PathLike[str]) -> ServerState:
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise FedValueError(f"path: {path!r} is a directory, not a checkpoint file written by save_state()")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: no checkpoint file at {path!r}")
+    header, entries = read_npz(path, _MAGIC, FORMAT_VERSION, "checkpoint", "state")
+    groups: dict[str, list[tuple[str, np.ndarray]]] = {
+        "trainable": [], "non_trainable": [], "optimizer": [], "aggregator": [], "client_work": [],
+    }
+    try:
+        for entry, array in entries:
+            groups[entry["group"]].append((entry["name"], array))
+    except KeyError as err:
+        raise StateFileError(f"{path!r} is not a readable fedr checkpoint: unreadable (KeyError: {err})") from None
+    round_num = int(header["round_num"])
     model = ModelWeights(
         tuple(a for _, a in groups["trainable"]),
         tuple(a for _, a in groups["non_trainable"]),
