@@ -35,5 +35,13 @@ class FedTypeError(FedError, TypeError):
     """A value has the wrong type."""
 
 
+class BudgetExhaustedError(FedValueError):
+    """A round was refused because it would spend more privacy budget than allowed (``max_epsilon``).
+
+    Raised before any client trains, so the state is unchanged; the fit loop
+    ends the run there as planned (an event, not a failure).
+    """
+
+
 class FedWarning(UserWarning):
     """Base class of the warnings fedr issues (R turns them into R warnings)."""

@@ -23,6 +23,7 @@ from typing import Any
 
 # Each public name and the module that owns it.
 _OWNERS: dict[str, str] = {
+    "BudgetExhaustedWarning": "fedr.learning._fit",
     "Callback": "fedr.learning._fit",
     "ClientFailure": "fedr.learning.client_update",
     "ClientOutput": "fedr.learning.client_update",

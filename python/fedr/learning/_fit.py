@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedr.errors import FedError, FedTypeError, FedValueError, FedWarning
+from fedr.errors import BudgetExhaustedError, FedError, FedTypeError, FedValueError, FedWarning
 from fedr.learning._checkpoint import load_checkpoint, save_checkpoint
 from fedr.learning.state import ServerState
 from fedr.protocol import COUNT_COLUMNS
@@ -29,6 +29,7 @@ __all__ = [
     "History",
     "LambdaCallback",
     "ProgressLines",
+    "BudgetExhaustedWarning",
     "RoundSkippedWarning",
     "fit",
     "round_line",
@@ -44,6 +45,10 @@ _MAXIMIZED = re.compile("accuracy|auc|precision|recall")
 
 class RoundSkippedWarning(FedWarning):
     """A Poisson sample drew no client: the round was skipped."""
+
+
+class BudgetExhaustedWarning(FedWarning):
+    """The run ended before its rounds: the next round would have spent more privacy budget than ``max_epsilon``."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +302,10 @@ def fit(
             skips the round (a :class:`RoundSkippedWarning` and an event); the
             next round draws for the following round number. A differentially
             private aggregator must account the same sampling
-            (:func:`fedr.privacy.check_sampling`), else nothing trains.
+            (:func:`fedr.privacy.check_sampling`), else nothing trains. The
+            run ends early, with a :class:`BudgetExhaustedWarning` and a
+            ``budget_exhausted`` event, when a DP aggregator's ``max_epsilon``
+            refuses the next round (a plan's budget is used up).
         sampling: ``"uniform"`` or ``"poisson"``.
         seed: The sampling seed; ``None`` takes the process's ``seed``.
         patience: Early stopping: stop when ``monitor`` has not improved for
@@ -418,6 +426,12 @@ def fit(
                     argument = "validation_data"
                     val = process.evaluate(new_state, validation_data)
                     metrics.update({f"val_{k}": float(v) for k, v in val.items() if k not in _VAL_LEFT_OUT})
+            except BudgetExhaustedError as err:
+                # The privacy budget is spent as planned: the run ends here, its rounds kept.
+                message = f"privacy budget exhausted: {err}"
+                events.append({"round": state.round_num + 1, "event": "budget_exhausted", "message": message})
+                warnings.warn(BudgetExhaustedWarning(message), stacklevel=2)
+                break
             except Exception as err:
                 failed = state.round_num + 1
                 name = re.sub(r"^Fed(\w*Error)$", r"\1", type(err).__name__)

@@ -10,7 +10,8 @@ aggregation (Bonawitz et al. 2017), with the cryptography from ``cryptography``.
 Each is an aggregator, passed as ``build_weighted_fed_avg(..., aggregator=)``.
 """
 
-from fedr.privacy._accounting import SAMPLINGS, epsilon
+from fedr.privacy._accounting import ACCOUNTANTS, SAMPLINGS, epsilon
+from fedr.privacy._plan import PrivacyPlan, epsilon_curve, plan
 from fedr.privacy._dp import ClippedUpdate, ClipView, GaussianDP
 from fedr.privacy._dp_api import check_sampling, gaussian_adaptive, gaussian_fixed
 from fedr.privacy._noise import ReproducibleNoiseWarning
@@ -25,6 +26,7 @@ from fedr.privacy._secagg_protocol import (
 )
 
 __all__ = [
+    "ACCOUNTANTS",
     "AdvertiseKeys",
     "AdvertiseRequest",
     "ClipView",
@@ -32,6 +34,7 @@ __all__ = [
     "EncryptedShare",
     "GaussianDP",
     "MaskedInput",
+    "PrivacyPlan",
     "ReproducibleNoiseWarning",
     "RoundConfig",
     "SAMPLINGS",
@@ -43,8 +46,10 @@ __all__ = [
     "UnmaskResponse",
     "check_sampling",
     "epsilon",
+    "epsilon_curve",
     "gaussian_adaptive",
     "gaussian_fixed",
+    "plan",
     "secure_mean",
     "secure_sum",
 ]

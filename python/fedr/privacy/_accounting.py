@@ -17,7 +17,11 @@ the cohort is drawn decides the analysis (and the neighbouring relation):
 - ``"all"``: every client of the population, every round: plain composition
   of ``GaussianDpEvent(z)`` (add-or-remove-one, no amplification).
 
-Every ε is dp-accounting's RDP accountant; nothing is computed by hand here.
+Every ε is dp-accounting's, from the accountant the user chooses: ``"rdp"``
+(Rényi DP, Mironov 2017; every sampling above) or ``"pld"`` (privacy loss
+distributions, Koskela et al. 2020 / Doroshenko et al. 2022: tighter, but
+dp-accounting's PLD accountant does not model fixed-size sampling without
+replacement, so ``"fixed"`` is refused with it). Nothing is computed by hand here.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ import numpy as np
 
 from fedr.errors import FedValueError
 
-__all__ = ["SAMPLINGS", "check_sampling_name", "epsilon"]
+__all__ = ["ACCOUNTANTS", "SAMPLINGS", "check_accountant", "check_sampling_name", "dp_event", "epsilon",
+           "fresh_accountant"]
 
 SAMPLINGS = ("poisson", "fixed", "all")
+ACCOUNTANTS = ("rdp", "pld")
 
 
 def _number(value: Any, name: str, *, low: float | None = None, high: float | None = None,
@@ -67,6 +73,54 @@ def check_sampling_name(sampling: Any) -> str:
     return sampling
 
 
+def check_accountant(accountant: Any, sampling: str) -> str:
+    """Return ``accountant`` ("rdp" or "pld") if it can account ``sampling``; FedValueError naming it otherwise."""
+    if not isinstance(accountant, str) or accountant not in ACCOUNTANTS:
+        raise FedValueError(f"accountant: expected 'rdp' or 'pld', got {accountant!r}")
+    if accountant == "pld" and sampling == "fixed":
+        raise FedValueError(
+            "accountant: dp-accounting's PLD accountant does not model fixed-size sampling without replacement "
+            "(sampling = 'fixed'); use accountant = 'rdp', or sampling = 'poisson' (or 'all') with 'pld'"
+        )
+    return accountant
+
+
+def dp_event(sampling: str, z: float, clients_per_round: int, population_size: int) -> tuple[Any, Any]:
+    """One round as dp-accounting's ``(DpEvent, NeighboringRelation)`` for ``sampling`` (see the module's list)."""
+    import dp_accounting
+
+    gaussian = dp_accounting.GaussianDpEvent
+    if sampling == "poisson":
+        return (dp_accounting.PoissonSampledDpEvent(clients_per_round / population_size, gaussian(z)),
+                dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+    if sampling == "fixed":
+        return (dp_accounting.SampledWithoutReplacementDpEvent(population_size, clients_per_round, gaussian(z / 2)),
+                dp_accounting.NeighboringRelation.REPLACE_ONE)
+    return gaussian(z), dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+
+
+def fresh_accountant(accountant: str, relation: Any) -> Any:
+    """A new dp-accounting accountant of kind ``accountant`` ("rdp" or "pld") for ``relation``."""
+    import dp_accounting
+
+    if accountant == "pld":
+        return dp_accounting.pld.PLDAccountant(neighboring_relation=relation)
+    return dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
+
+
+class _QuietAbsl:
+    """For large sampling rates some fractional RDP orders do not converge; the accountant leaves them out
+    (which can only raise epsilon) and logs a warning per order through absl: keep those off the console."""
+
+    def __enter__(self) -> None:
+        self._absl = logging.getLogger("absl")
+        self._level = self._absl.level
+        self._absl.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._absl.setLevel(self._level)
+
+
 def check_population(sampling: str, clients_per_round: int, population_size: int) -> None:
     """The population must hold the cohort; under ``"all"`` the cohort is the population."""
     if population_size < clients_per_round:
@@ -84,29 +138,10 @@ def check_population(sampling: str, clients_per_round: int, population_size: int
 @functools.lru_cache(maxsize=64)
 def _one_round(sampling: str, z: float, clients_per_round: int, population_size: int) -> tuple[Any, Any]:
     """The RDP orders and the RDP of one round (dp-accounting's accountant after one event)."""
-    import dp_accounting
-
-    gaussian = dp_accounting.GaussianDpEvent
-    if sampling == "poisson":
-        event = dp_accounting.PoissonSampledDpEvent(clients_per_round / population_size, gaussian(z))
-        relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-    elif sampling == "fixed":
-        event = dp_accounting.SampledWithoutReplacementDpEvent(population_size, clients_per_round, gaussian(z / 2))
-        relation = dp_accounting.NeighboringRelation.REPLACE_ONE
-    else:
-        event = gaussian(z)
-        relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-    accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
-    # For large sampling rates some fractional RDP orders do not converge; the
-    # accountant leaves them out (which can only raise epsilon) and logs a
-    # warning per order through absl: keep those out of the user's console.
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
+    event, relation = dp_event(sampling, z, clients_per_round, population_size)
+    accountant = fresh_accountant("rdp", relation)
+    with _QuietAbsl():
         accountant.compose(event, 1)
-    finally:
-        absl.setLevel(level)
     return accountant.orders, accountant.rdp
 
 
@@ -118,8 +153,9 @@ def epsilon(
     target_delta: float,
     *,
     sampling: str = "fixed",
+    accountant: str = "rdp",
 ) -> float:
-    """The privacy budget ε spent by ``rounds`` rounds of DP-FedAvg, from dp-accounting's RDP accountant.
+    """The privacy budget ε spent by ``rounds`` rounds of DP-FedAvg, from dp-accounting's ``accountant``.
 
     Plans a budget before training, for the way the rounds' clients are drawn
     (``sampling``, as the DP aggregators take it; the default ``"fixed"`` is
@@ -137,6 +173,7 @@ def epsilon(
         sampling: ``"fixed"`` (a uniform sample of exactly ``clients_per_round``
             without replacement), ``"poisson"`` (each client with probability
             ``clients_per_round / population_size``) or ``"all"`` (every client).
+        accountant: ``"rdp"`` (default) or ``"pld"`` (tighter; not for ``"fixed"``).
 
     Returns:
         ε for (ε, δ)-differential privacy at the client level.
@@ -153,9 +190,18 @@ def epsilon(
     check_population(sampling, n, population)
     steps = _count(rounds, "rounds", minimum=0)
     delta = _number(target_delta, "target_delta", low=0, high=1, low_open=True, high_open=True)
+    accountant = check_accountant(accountant, sampling)
     if steps == 0:
         return 0.0
+    if accountant == "pld":
+        return _pld_epsilon(sampling, z, n, population, steps, delta)
     # RDP composes additively: `steps` rounds are steps times one round's RDP,
     # exactly what RdpAccountant.compose(event, steps) computes.
     orders, rdp = _one_round(sampling, z, n, population)
     return float(compute_epsilon(orders, steps * rdp, delta)[0])
+
+
+@functools.lru_cache(maxsize=256)
+def _pld_epsilon(sampling: str, z: float, n: int, population: int, steps: int, delta: float) -> float:
+    event, relation = dp_event(sampling, z, n, population)
+    return float(fresh_accountant("pld", relation).compose(event, steps).get_epsilon(delta))

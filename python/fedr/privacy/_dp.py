@@ -35,8 +35,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fedr.aggregators import AggregateResult, Aggregator, Sum
-from fedr.errors import FedTypeError, FedValueError
-from fedr.privacy._accounting import _count, _number, check_population, check_sampling_name, epsilon
+from fedr.errors import BudgetExhaustedError, FedTypeError, FedValueError
+from fedr.privacy._accounting import (
+    _count, _number, check_accountant, check_population, check_sampling_name, epsilon,
+)
 from fedr.privacy._noise import check_noise_seed, noise_generator
 
 __all__ = ["ClipView", "ClippedUpdate", "GaussianDP"]
@@ -120,6 +122,7 @@ class GaussianDP(Aggregator):
         inner: Aggregator | None = None,
         sampling: str = "fixed",
         noise_seed: int | None = None,
+        accountant: str = "rdp",
     ) -> None:
         self.noise_multiplier = _number(noise_multiplier, "noise_multiplier", low=0)
         self.clients_per_round = _count(clients_per_round, "clients_per_round")
@@ -143,6 +146,7 @@ class GaussianDP(Aggregator):
                 )
             self.update_noise_multiplier = (self.noise_multiplier**-2 - two_sigma**-2) ** -0.5
         self.sampling = check_sampling_name(sampling)
+        self.accountant = check_accountant(accountant, self.sampling)
         if population_size is None and self.sampling == "all":
             population_size = self.clients_per_round  # every client: the cohort is the population
         if population_size is not None:
@@ -171,7 +175,7 @@ class GaussianDP(Aggregator):
         """ε after ``rounds`` rounds, for this aggregator's sampling (the composed multiplier ``noise_multiplier``)."""
         assert self.population_size is not None and self.target_delta is not None
         return epsilon(self.noise_multiplier, self.clients_per_round, self.population_size, rounds,
-                       self.target_delta, sampling=self.sampling)
+                       self.target_delta, sampling=self.sampling, accountant=self.accountant)
 
     def check_sampling(self, sampling: str, clients_per_round: int, population_size: int | None = None) -> None:
         """Refuse a run whose client sampling is not the one this aggregator accounts.
@@ -253,7 +257,7 @@ class GaussianDP(Aggregator):
         if self.max_epsilon is not None:
             spent = self.epsilon_after(round_num)
             if spent > self.max_epsilon:
-                raise FedValueError(
+                raise BudgetExhaustedError(
                     f"round {round_num}: it would spend epsilon = {spent:.4f}, over max_epsilon = "
                     f"{self.max_epsilon:g} (delta = {self.target_delta:g}); the round was refused before "
                     f"any client trained and the state is unchanged ({round_num - 1} rounds spent "

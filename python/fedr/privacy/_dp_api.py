@@ -41,6 +41,7 @@ def gaussian_fixed(
     inner: Aggregator | None = None,
     sampling: str = "fixed",
     noise_seed: int | None = None,
+    accountant: str = "rdp",
 ) -> GaussianDP:
     """DP-FedAvg with a fixed clip (McMahan et al. 2018), as ``aggregator=``.
 
@@ -85,6 +86,12 @@ def gaussian_fixed(
         noise_seed: For tests only: reproducible noise from (noise_seed,
             round). Whoever knows it can remove the noise, so it voids the
             guarantee and warns (:class:`ReproducibleNoiseWarning`).
+        accountant: Which of dp-accounting's accountants gives ``epsilon``
+            (the metric, and ``max_epsilon``'s check): ``"rdp"`` (default)
+            or ``"pld"`` (privacy loss distributions: tighter, for
+            ``"poisson"`` and ``"all"`` sampling; ``"fixed"`` is refused).
+            A round refused by ``max_epsilon`` raises
+            :class:`~fedr.errors.BudgetExhaustedError` (``fit`` ends there).
 
     Returns:
         A :class:`GaussianDP` aggregator.
@@ -96,6 +103,7 @@ def gaussian_fixed(
     return GaussianDP(
         noise_multiplier, clients_per_round, clip=clip, adaptive=False, population_size=population_size,
         target_delta=target_delta, max_epsilon=max_epsilon, inner=inner, sampling=sampling, noise_seed=noise_seed,
+        accountant=accountant,
     )
 
 
@@ -113,6 +121,7 @@ def gaussian_adaptive(
     inner: Aggregator | None = None,
     sampling: str = "fixed",
     noise_seed: int | None = None,
+    accountant: str = "rdp",
 ) -> GaussianDP:
     """DP-FedAvg with adaptive clipping (Andrew et al. 2021), as ``aggregator=``.
 
@@ -139,7 +148,7 @@ def gaussian_adaptive(
         clip_learning_rate: η >= 0.
         clipped_count_stddev: σ_b > 0, the noise on the centred count of
             unclipped updates; default ``clients_per_round / 20``.
-        population_size, target_delta, max_epsilon, inner, sampling, noise_seed:
+        population_size, target_delta, max_epsilon, inner, sampling, noise_seed, accountant:
             As in :func:`gaussian_fixed`.
 
     Returns:
@@ -154,5 +163,5 @@ def gaussian_adaptive(
         noise_multiplier, clients_per_round, clip=initial_clip, adaptive=True, target_quantile=target_quantile,
         clip_learning_rate=clip_learning_rate, clipped_count_stddev=clipped_count_stddev,
         population_size=population_size, target_delta=target_delta, max_epsilon=max_epsilon, inner=inner,
-        sampling=sampling, noise_seed=noise_seed,
+        sampling=sampling, noise_seed=noise_seed, accountant=accountant,
     )
