@@ -137,7 +137,7 @@ test_that("workflow arguments are checked in R, Python errors come back plain", 
   expect_error(fed_fit(process, clients, rounds = 1, verbose = NA), "`verbose` must be TRUE or FALSE", class = "fedr_error")
   expect_error(fed_fit(process, list(), rounds = 1), "`data` must be a fed_data object", class = "fedr_error")
   expect_error(fed_next(process, "state", clients), "`state` must be a fed_state", class = "fedr_error")
-  expect_error(fed_next("process", state, clients), "`process` must be a fed_averaging\\(\\) process", class = "fedr_error")
+  expect_error(fed_next("process", state, clients), "`process` must be a fed_averaging\\(\\) or fed_scaffold\\(\\) process", class = "fedr_error")
   expect_error(fed_evaluate(process, state, clients, as_data_frame = "yes"), "`as_data_frame` must be TRUE or FALSE", class = "fedr_error")
   # Data the model cannot take: the core's ValueError, its message only.
   narrow <- fed_split(matrix(runif(30), 10), 2, labels = rep(0:1, 5))
