@@ -151,6 +151,22 @@ def test_a_process_built_from_a_plan_stops_at_its_budget():
         process.next(history.state, clients)
     with pytest.raises(FedValueError, match=r"^max_epsilon: is the plan's"):
         plan.aggregator(0.5, max_epsilon=1.0)
+    with pytest.raises(FedValueError, match=r"^noise_multiplier: is the plan's \(2.0\)"):
+        plan.aggregator(0.5, noise_multiplier=1.0)
+    with pytest.raises(FedValueError, match=r"^target_quantile: not an option of a fixed-clipping plan's aggregator"):
+        plan.aggregator(0.5, target_quantile=0.5)
+    assert "max_epsilon=" in repr(plan.aggregator(0.5))
+
+
+def test_the_accountant_travels_with_the_aggregator_as_json():
+    from fedr.learning._spec_json import aggregator_from_data, aggregator_to_data
+
+    agg = privacy.gaussian_adaptive(1.0, 100, population_size=1000, target_delta=DELTA, sampling="poisson",
+                                    accountant="pld")
+    data = aggregator_to_data(agg)
+    assert data["params"]["accountant"] == "pld"
+    back = aggregator_from_data(data, "aggregator")
+    assert back.accountant == "pld" and repr(back) == repr(agg) and "accountant='pld'" in repr(agg)
 
 
 def test_bad_plans_are_named():

@@ -21,9 +21,13 @@
 #' guarantee.
 #'
 #' With `population_size` and `target_delta`, every round reports `epsilon`
-#' (from Google's dp-accounting RDP accountant, for `sampling`) next to
+#' (from Google's dp-accounting, by `accountant`, for `sampling`) next to
 #' `clip` in the training history; with `max_epsilon`, a round that would
-#' spend more is refused before any client trains.
+#' spend more is refused before any client trains: [fed_next()] signals an
+#' error, and [fed_fit()] ends the run there with a warning (class
+#' `fedr_warning`, "privacy budget exhausted"), keeping the rounds that ran.
+#' [fed_privacy_plan()] finds the numbers for a budget, and
+#' [fed_aggregator_dp_plan()] builds the aggregator that keeps to it.
 #'
 #' @section What a round releases:
 #' The model update and, in the history, `clip`, `dp_noise_stddev`,
@@ -63,6 +67,11 @@
 #' @param noise_seed `NULL` (noise from the operating system) or, for tests
 #'   only, a whole number that makes the noise reproducible; it voids the
 #'   guarantee and warns.
+#' @param accountant How epsilon is accounted, by Google's dp-accounting:
+#'   `"rdp"` (the default: Renyi differential privacy, Mironov 2017) or
+#'   `"pld"` (privacy loss distributions, Koskela et al. 2020: a tighter,
+#'   smaller epsilon for the same noise, but slower, and not for fixed-size
+#'   sampling, `sampling = "fixed"`, which it does not model).
 #' @returns A `fed_aggregator`.
 #' @family privacy
 #' @export
@@ -72,17 +81,20 @@
 #' fed_aggregator_dp_adaptive(0.5, clients_per_round = 10, clipped_count_stddev = 1)
 #' fed_aggregator_dp_fixed(1.0, clients_per_round = 20, clip = 0.5, sampling = "all",
 #'                         target_delta = 1e-5)
+#' fed_aggregator_dp_fixed(1.0, clients_per_round = 10, clip = 0.5, population_size = 100,
+#'                         target_delta = 1e-5, sampling = "poisson", accountant = "pld")
 fed_aggregator_dp_fixed <- function(noise_multiplier, clients_per_round, clip, population_size = NULL,
                                     target_delta = NULL, max_epsilon = NULL, inner = NULL,
-                                    sampling = "fixed", noise_seed = NULL) {
+                                    sampling = "fixed", noise_seed = NULL, accountant = "rdp") {
   args <- list(noise_multiplier, as_count(clients_per_round, "clients_per_round"), clip,
     population_size = as_count(population_size, "population_size"),
     target_delta = target_delta, max_epsilon = max_epsilon, inner = as_inner(inner),
-    sampling = check_string(sampling, "sampling"), noise_seed = as_seed(noise_seed, "noise_seed")
+    sampling = check_string(sampling, "sampling"), noise_seed = as_seed(noise_seed, "noise_seed"),
+    accountant = check_string(accountant, "accountant")
   )
   py <- dp_build("gaussian_fixed", args,
     c("noise_multiplier", "clients_per_round", "clip", "population_size", "target_delta", "max_epsilon", "inner",
-      "sampling", "noise_seed")
+      "sampling", "noise_seed", "accountant")
   )
   new_fed_component(py, "fed_aggregator", "dp_fixed")
 }
@@ -93,42 +105,47 @@ fed_aggregator_dp_adaptive <- function(noise_multiplier, clients_per_round, init
                                        target_quantile = 0.5, clip_learning_rate = 0.2,
                                        clipped_count_stddev = NULL, population_size = NULL,
                                        target_delta = NULL, max_epsilon = NULL, inner = NULL,
-                                       sampling = "fixed", noise_seed = NULL) {
+                                       sampling = "fixed", noise_seed = NULL, accountant = "rdp") {
   args <- list(noise_multiplier, as_count(clients_per_round, "clients_per_round"),
     initial_clip = initial_clip, target_quantile = target_quantile,
     clip_learning_rate = clip_learning_rate, clipped_count_stddev = clipped_count_stddev,
     population_size = as_count(population_size, "population_size"),
     target_delta = target_delta, max_epsilon = max_epsilon, inner = as_inner(inner),
-    sampling = check_string(sampling, "sampling"), noise_seed = as_seed(noise_seed, "noise_seed")
+    sampling = check_string(sampling, "sampling"), noise_seed = as_seed(noise_seed, "noise_seed"),
+    accountant = check_string(accountant, "accountant")
   )
   py <- dp_build("gaussian_adaptive", args,
     c("noise_multiplier", "clients_per_round", "initial_clip", "target_quantile", "clip_learning_rate",
-      "clipped_count_stddev", "population_size", "target_delta", "max_epsilon", "inner", "sampling", "noise_seed")
+      "clipped_count_stddev", "population_size", "target_delta", "max_epsilon", "inner", "sampling", "noise_seed",
+      "accountant")
   )
   new_fed_component(py, "fed_aggregator", "dp_adaptive")
 }
 
-# Build a DP aggregator in Python: its errors name the R argument, its fedr
-# warnings (reproducible noise) become R warnings of class `fedr_warning`.
-dp_build <- function(name, args, arg) {
-  privacy <- fedr_module("fedr.privacy")
-  out <- fedr_call(do.call(fedr_module("fedr._r")$call_with_warnings, c(list(privacy[[name]]), args)), arg = arg)
+# Build a DP aggregator in Python (`fn`: a function of fedr.privacy by name,
+# or a Python callable such as a plan's `aggregator`): its errors name the R
+# argument, its fedr warnings (reproducible noise) become R warnings of class
+# `fedr_warning`.
+dp_build <- function(fn, args, arg) {
+  if (is.character(fn)) fn <- fedr_module("fedr.privacy")[[fn]]
+  out <- fedr_call(do.call(fedr_module("fedr._r")$call_with_warnings, c(list(fn), args)), arg = arg)
   for (message in reticulate::py_to_r(reticulate::py_get_item(out, 1L))) {
     warning(structure(class = c("fedr_warning", "warning", "condition"), list(message = message, call = NULL)))
   }
   reticulate::py_get_item(out, 0L)
 }
 
-#' Plan a privacy budget
+#' The privacy budget of a number of rounds
 #'
 #' The epsilon that `rounds` rounds of differentially private federated
-#' averaging spend, from Google's dp-accounting RDP accountant, for the way
+#' averaging spend, from Google's dp-accounting (`accountant`), for the way
 #' the rounds' clients are drawn (`sampling`, as the DP aggregators take
 #' it): a uniform sample of `clients_per_round` of `population_size`
 #' (`"fixed"`, what `fed_fit(clients_per_round = )` does), each client with
 #' probability `clients_per_round / population_size` (`"poisson"`), or every
 #' client every round (`"all"`, `clients_per_round` equal to
-#' `population_size`).
+#' `population_size`). [fed_privacy_plan()] solves for any one of epsilon,
+#' the noise multiplier, the rounds or the clients per round.
 #'
 #' @inheritParams fed_aggregator_dp_fixed
 #' @param rounds Numbers of rounds (a vector gives one epsilon each).
@@ -139,19 +156,22 @@ dp_build <- function(name, args, arg) {
 #' fed_epsilon(1.0, clients_per_round = 10, population_size = 100, rounds = 30, target_delta = 1e-5)
 #' fed_epsilon(1.0, 10, 100, rounds = 30, target_delta = 1e-5, sampling = "poisson")
 #' fed_epsilon(1.0, 100, 100, rounds = c(10, 50, 100), target_delta = 1e-5, sampling = "all")
+#' fed_epsilon(1.0, 10, 100, rounds = 30, target_delta = 1e-5, sampling = "poisson", accountant = "pld")
 fed_epsilon <- function(noise_multiplier, clients_per_round, population_size, rounds, target_delta,
-                        sampling = "fixed") {
+                        sampling = "fixed", accountant = "rdp") {
   privacy <- fedr_module("fedr.privacy")
   if (!is.numeric(rounds) || !length(rounds) || anyNA(rounds)) {
     fedr_abort(sprintf("`rounds` must be whole numbers >= 0, not %s.", describe(rounds)), "rounds")
   }
   sampling <- check_string(sampling, "sampling")
+  accountant <- check_string(accountant, "accountant")
   vapply(rounds, function(r) {
     reticulate::py_to_r(fedr_call(
       privacy$epsilon(noise_multiplier, as_count(clients_per_round, "clients_per_round"),
                       as_count(population_size, "population_size"), as_count(r, "rounds", 0L), target_delta,
-                      sampling = sampling),
-      arg = c("noise_multiplier", "clients_per_round", "population_size", "rounds", "target_delta", "sampling")
+                      sampling = sampling, accountant = accountant),
+      arg = c("noise_multiplier", "clients_per_round", "population_size", "rounds", "target_delta", "sampling",
+              "accountant")
     ))
   }, numeric(1))
 }

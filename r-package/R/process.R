@@ -344,7 +344,11 @@ check_data <- function(data) {
 #' @returns A `fed_history`: a data frame with one row per round (`round`,
 #'   each metric, `num_examples`, `num_clients`, `num_clients_dropped`,
 #'   `num_clients_failed`, `seconds`) and the final state in `attr(, "state")`; it has `print()`,
-#'   `plot()` and `as.data.frame()` methods.
+#'   `plot()` and `as.data.frame()` methods. `attr(, "events")` is a data frame
+#'   (`round`, `event`, `message`) of what happened besides training: a round
+#'   `skipped` (an empty Poisson sample), `early_stopping`, `budget_exhausted`
+#'   (a DP aggregator's `max_epsilon`, e.g. from [fed_aggregator_dp_plan()],
+#'   refused the next round: the run ends there with a warning and keeps its rounds).
 #' @section Failures:
 #' Clients whose update is not finite (NaN or Inf) are left out of their
 #' round: they are counted in `num_clients_dropped` and named in a warning of
@@ -449,7 +453,19 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients
   history <- new_fed_history(rows, new_fed_state(result$state))
   best <- reticulate::py_to_r(result$best_round)
   if (!is.null(best)) attr(history, "best_round") <- as.integer(best)
+  attr(history, "events") <- history_events(result)
   history
+}
+
+# The run's events (rounds skipped, early stopping, the privacy budget exhausted) as a data frame.
+history_events <- function(result) {
+  events <- reticulate::py_to_r(result$events)
+  data.frame(
+    round = vapply(events, function(e) as.integer(e[["round"]]), integer(1)),
+    event = vapply(events, function(e) as.character(e[["event"]]), character(1)),
+    message = vapply(events, function(e) as.character(e[["message"]]), character(1)),
+    stringsAsFactors = FALSE
+  )
 }
 
 # A failed round: the error again, carrying the finished rounds and their state.

@@ -218,6 +218,10 @@ python_error <- function(e) {
     value <- sub("^[A-Za-z_.]*(Error|Exception|Warning): ?", "", paste(lines, collapse = "\n"))
     if (!is.na(type)) type <- sub("^(\\w+\\.)*Fed(\\w*Error)$", "\\2", type)
   }
+  # A subclass of fedr's value or type error (e.g. BudgetExhaustedError) is one of those for R.
+  exception <- if (is.null(last)) NULL else attr(last, "exception")
+  if (inherits(exception, "fedr.errors.FedValueError")) type <- "ValueError"
+  if (inherits(exception, "fedr.errors.FedTypeError")) type <- "TypeError"
   # TensorFlow prefixes graph errors with the user code it traced ("in user
   # code:" and file lines); the cause is the last paragraph.
   if (grepl("in user code:", value, fixed = TRUE)) {

@@ -366,6 +366,10 @@ class GaussianDP(Aggregator):
         kind = "gaussian_adaptive" if self.adaptive else "gaussian_fixed"
         clip = "initial_clip" if self.adaptive else "clip"
         extra = "" if self.sampling == "fixed" else f", sampling='{self.sampling}'"
+        if self.max_epsilon is not None:
+            extra += f", max_epsilon={self.max_epsilon:g}"
+        if self.accountant != "rdp":
+            extra += f", accountant='{self.accountant}'"
         if self.noise_seed is not None:
             extra += f", noise_seed={self.noise_seed}"
         return (

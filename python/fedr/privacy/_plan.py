@@ -85,9 +85,19 @@ class PrivacyPlan:
 
         common = dict(population_size=self.population_size, target_delta=self.target_delta,
                       max_epsilon=self.target_epsilon, sampling=self.sampling, accountant=self.accountant)
-        for name in common:
+        owned = {**common, "noise_multiplier": self.noise_multiplier, "clients_per_round": self.clients_per_round,
+                 "clipped_count_stddev": self.clipped_count_stddev}
+        for name in owned:
             if name in options:
-                raise FedValueError(f"{name}: is the plan's ({common[name]!r}); plan again to change it")
+                raise FedValueError(f"{name}: is the plan's ({owned[name]!r}); plan again to change it")
+        if "initial_clip" in options:
+            raise FedValueError("initial_clip: give the clip as clip= (the initial clip under adaptive clipping)")
+        allowed = {"inner", "noise_seed"} | ({"target_quantile", "clip_learning_rate"} if self.clipping == "adaptive"
+                                             else set())
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise FedValueError(f"{unknown[0]}: not an option of a {self.clipping}-clipping plan's aggregator; "
+                                f"options are {', '.join(sorted(allowed))}")
         if self.clipping == "adaptive":
             return gaussian_adaptive(self.noise_multiplier, self.clients_per_round, initial_clip=clip,
                                      clipped_count_stddev=self.clipped_count_stddev, **common, **options)

@@ -72,13 +72,19 @@ test_that("DP-FedAvg reports epsilon and clip per round, repeats only with noise
   expect_identical(plot(history), history)
   grDevices::dev.off()
   expect_gt(file.size(path), 1000)
-  # A budget of two rounds: the third is refused, the two are kept.
+  # A budget of two rounds: the third is refused, the run ends there (a warning), the two are kept.
   budget <- fed_epsilon(1.0, 5, 20, 2, 1e-3) * 1.0001
   capped <- fed_averaging(model, fed_optimizer("sgd", 0.05), aggregator = dp(budget), seed = 4)
-  err <- tryCatch(fed_fit(capped, population, rounds = 3, clients_per_round = 5, verbose = FALSE), error = identity)
-  expect_s3_class(err, "fedr_error")
-  expect_match(conditionMessage(err), "round 3: it would spend epsilon = .* over max_epsilon")
-  expect_identical(err$history$round, 1:2)
+  expect_warning(
+    h <- fed_fit(capped, population, rounds = 3, clients_per_round = 5, verbose = FALSE),
+    "privacy budget exhausted: round 3: it would spend epsilon = .* over max_epsilon", class = "fedr_warning"
+  )
+  expect_identical(h$round, 1:2)
+  expect_identical(attr(h, "events")$event, "budget_exhausted")
+  # Round by round, the refused round is an input error naming the budget, the state unchanged.
+  err <- tryCatch(fed_next(capped, attr(h, "state"), population[1:5]), error = identity)
+  expect_s3_class(err, "fedr_error_input")
+  expect_match(conditionMessage(err), "^ValueError: round 3: it would spend epsilon")
 })
 
 test_that("under DP the history holds no exact training metrics", {
