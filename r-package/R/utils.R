@@ -206,7 +206,9 @@ name_argument <- function(parsed, arg, argument = NULL) {
 python_error <- function(e) {
   message <- conditionMessage(e)
   last <- tryCatch(reticulate::py_last_error(), error = function(err) NULL)
+  same <- FALSE  # whether `last` is this error (reticulate keeps the last one, maybe an older one)
   if (!is.null(last) && length(last$type) && startsWith(message, last$type)) {
+    same <- TRUE
     type <- sub("^Fed(\\w*Error)$", "\\1", last$type)
     value <- last$value
   } else {
@@ -216,10 +218,11 @@ python_error <- function(e) {
     first <- if (length(lines)) lines[[1]] else message
     type <- if (grepl("^[A-Za-z_.]*(Error|Exception|Warning)\\b", first)) sub(":.*$", "", first) else NA_character_
     value <- sub("^[A-Za-z_.]*(Error|Exception|Warning): ?", "", paste(lines, collapse = "\n"))
+    same <- !is.na(type) && !is.null(last) && length(last$type) && endsWith(type, paste0(".", last$type))
     if (!is.na(type)) type <- sub("^(\\w+\\.)*Fed(\\w*Error)$", "\\2", type)
   }
   # A subclass of fedr's value or type error (e.g. BudgetExhaustedError) is one of those for R.
-  exception <- if (is.null(last)) NULL else attr(last, "exception")
+  exception <- if (same) attr(last, "exception") else NULL
   if (inherits(exception, "fedr.errors.FedValueError")) type <- "ValueError"
   if (inherits(exception, "fedr.errors.FedTypeError")) type <- "TypeError"
   # TensorFlow prefixes graph errors with the user code it traced ("in user
