@@ -6,8 +6,8 @@ the sender chose. The model and optimizers are Keras configs (rebuilt with
 Keras's safe mode), the seed and counts are numbers, and the aggregator is
 ``{"name": ..., "params": {...}}`` of one of fedr's built-in aggregator
 builders (mean, sum, median, trimmed_mean, krum, geometric_median, bulyan,
-norm_bounded, zeroing, gaussian_fixed, gaussian_adaptive, secure_sum,
-secure_mean); any other name is refused.
+norm_bounded, zeroing, gaussian_fixed, gaussian_adaptive, distributed_dp,
+secure_sum, secure_mean); any other name is refused.
 
 Fields added after version 1 was first written have a default and may be
 missing from older senders' specs (``_OPTIONAL``: ``proximal_mu``, 0 being
@@ -61,6 +61,7 @@ def _builders() -> dict[str, _Builder]:
         "gaussian_fixed": _Builder(privacy.GaussianDP, privacy.gaussian_fixed, {"clip": "initial_clip"},
                                    lambda a: not a.adaptive),
         "gaussian_adaptive": _Builder(privacy.GaussianDP, privacy.gaussian_adaptive, {}, lambda a: bool(a.adaptive)),
+        "distributed_dp": _Builder(privacy.DistributedDP, privacy.distributed_dp, {}, always),
         "secure_sum": _Builder(privacy.SecureSum, privacy.secure_sum, {}, always),
         "secure_mean": _Builder(privacy.SecureMean, privacy.secure_mean, {}, always),
     }

@@ -140,6 +140,8 @@ class _Secure(Aggregator):
         *,
         seed: np.random.SeedSequence | None = None,
         clip_range: float | None = None,
+        noise_stddev: float = 0.0,
+        noise_words: tuple[int, ...] | None = None,
     ) -> SecureRound:
         """Fix the round's parameters and run key advertisement and sharing for ``client_ids``.
 
@@ -147,6 +149,10 @@ class _Secure(Aggregator):
             clip_range: This round's coordinate bound instead of the
                 constructor's (e.g. the current clip of adaptive DP clipping,
                 which bounds every coordinate of an L2-clipped update).
+            noise_stddev: Distributed DP (sums only): the standard deviation,
+                in the update's units, of the integer noise share each client
+                adds inside its masked vector (:func:`fedr.privacy.distributed_dp`).
+            noise_words: Reproducible noise shares from these words (tests only).
         """
         ids = tuple(str(c) for c in client_ids)
         n = len(ids)
@@ -175,7 +181,28 @@ class _Secure(Aggregator):
             graph_rng = np.random.default_rng(np.random.SeedSequence([*seed_words.tolist(), 1]))
         config = RoundConfig.build(n, threshold, self.bits, neighbors=self.neighbors, rng=graph_rng)
         self._check_round(n)
-        return SecureRound(config, SecAggServer(config), ids, clip, self._scale(n, clip), seed_words)
+        scale = self._scale(n, clip)
+        noise = 0.0
+        if noise_stddev:
+            scale = self._noisy_scale(n, clip, float(noise_stddev))
+            noise = float(noise_stddev) * scale
+        return SecureRound(config, SecAggServer(config), ids, clip, scale, seed_words, noise,
+                           None if noise_words is None else tuple(int(w) for w in noise_words))
+
+    # Distributed DP: the noised sum must still fit in 2^(bits-1) - 1 (headroom of
+    # _HEADROOM standard deviations of the total noise: overflow below 1e-30 per
+    # coordinate), and a share's Poisson rate stay where numpy draws it exactly (at 1e15 its
+    # variance is 20% off; below 1e10, right to 1e-3).
+    _HEADROOM = 12.0
+    _MAX_NOISE_INTEGERS = 2.0**17
+
+    def _noisy_scale(self, n: int, clip: float, noise_stddev: float) -> float:
+        """The fixed-point scale with room for n clients' noise shares (sums only)."""
+        if not self.is_sum:
+            raise FedValueError(f"{self!r}: distributed DP noise needs a secure sum (secure_sum), not a mean")
+        room = 2 ** (self.bits - 1) - 1 - n  # n: each client's rounding up
+        scale = room / (n * clip + self._HEADROOM * math.sqrt(n) * noise_stddev)
+        return min(scale, self._MAX_NOISE_INTEGERS / noise_stddev)
 
     def _check_round(self, n: int) -> None:
         if self._levels(n) < 1:
@@ -263,7 +290,8 @@ class _Secure(Aggregator):
         if not 0 <= position < ctx.config.num_clients:
             raise FedValueError(f"position: expected 0..{ctx.config.num_clients - 1}, got {position}")
         u = position + 1
-        return SecureView(u, ctx.config, ctx.clip_range, ctx.scale, ctx.seed_words, ctx.inbox.get(u, ()))
+        return SecureView(u, ctx.config, ctx.clip_range, ctx.scale, ctx.seed_words, ctx.inbox.get(u, ()),
+                          ctx.noise_stddev, ctx.noise_words)
 
     def encode(self, view: Any, delta: np.ndarray, *, num_examples: int = 0, session: Any = None) -> MaskedInput:
         """Quantize and mask the client's update with its session's keys; only the masked vector leaves the client."""
@@ -365,7 +393,12 @@ class SecureSum(_Secure):
 
     def _encode(self, delta: np.ndarray, num_examples: int, view: SecureView) -> np.ndarray:
         clipped = np.clip(delta.astype(np.float64), -view.clip_range, view.clip_range)
-        return self._quantize(clipped, view, view.rng(delta, 0))
+        values = self._quantize(clipped, view, view.rng(delta, 0))
+        if view.noise_stddev > 0:
+            # Distributed DP: the client's noise share joins its integers before
+            # masking, so the only sum the server ever decodes is already noised.
+            values = values + view.noise_share(values.size)
+        return values
 
     def aggregate(
         self,

@@ -49,6 +49,8 @@ class SecureRound:
     clip_range: float
     scale: float
     seed_words: np.ndarray | None  # from the round's seed: stochastic rounding
+    noise_stddev: float = 0.0  # distributed DP: each client's noise share, in integers
+    noise_words: tuple[int, ...] | None = None  # reproducible noise shares (tests only)
     inbox: dict[int, tuple[EncryptedShare, ...]] = field(default_factory=dict)
     responses: dict[int, UnmaskResponse] = field(default_factory=dict)
     lost: dict[int, str] = field(default_factory=dict)  # position -> why the client left the protocol
@@ -65,6 +67,8 @@ class SecureView:
     scale: float
     seed_words: np.ndarray | None
     shares: tuple[EncryptedShare, ...]
+    noise_stddev: float = 0.0
+    noise_words: tuple[int, ...] | None = None
 
     def rng(self, values: np.ndarray, extra: int) -> np.random.Generator:
         """Stochastic rounding's generator: from the round's seed and the values rounded."""
@@ -73,6 +77,22 @@ class SecureView:
         digest = hashlib.sha256(np.ascontiguousarray(values).tobytes()).digest()
         words = np.frombuffer(digest, dtype="<u4")
         return np.random.default_rng(np.random.SeedSequence([*self.seed_words.tolist(), *words.tolist(), extra]))
+
+    def noise_share(self, size: int) -> np.ndarray:
+        """Distributed DP: this client's share of integer noise, Sk(λ, λ) with 2λ = ``noise_stddev``² per coordinate.
+
+        Drawn where the client runs from the OS CSPRNG (fresh entropy: nobody,
+        the server included, can recompute it), or from ``noise_words`` and
+        the client's index when the noise was asked to be reproducible (tests).
+        """
+        from fedr.privacy._noise import noise_generator
+
+        if self.noise_words is None:
+            rng = noise_generator(None, 0)
+        else:
+            rng = np.random.default_rng(np.random.SeedSequence([*self.noise_words, self.index]))
+        lam = self.noise_stddev**2 / 2
+        return rng.poisson(lam, size).astype(np.int64) - rng.poisson(lam, size).astype(np.int64)
 
 
 @dataclass(frozen=True)
