@@ -311,3 +311,64 @@ def test_on_flower_nodes_the_weights_equal_the_in_process_ones(tmp_path, monkeyp
         result = run_on_nodes(_process, tmp_path, monkeypatch, 3, 2, rows=600)
     np.testing.assert_array_equal(result.state.flat_weights, expected.flat_weights)
     assert [h["ddp_noise_shares"] for h in result.history][-1] == 3.0
+
+
+# ---------------------------------------------------------------- the privacy report of a run
+
+
+def _small_clients(n=4):
+    from fedr.datasets import ClientData
+
+    rng = np.random.default_rng(2)
+    return [ClientData(rng.normal(size=(12, 4)).astype(np.float32), rng.integers(0, 2, 12), batch_size=6,
+                       client_id=f"c{i}") for i in range(n)]
+
+
+def _small_process(aggregator):
+    from fedr import learning
+
+    def model_fn():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+        return learning.from_keras_model(model, "sparse_categorical_crossentropy", ["sparse_categorical_accuracy"])
+
+    return learning.build_weighted_fed_avg(model_fn, learning.optimizer_fn("sgd", 0.1), aggregator=aggregator,
+                                           seed=2)
+
+
+def test_the_privacy_report_of_a_fit_gives_epsilon_clip_noise_and_who_took_part_per_round():
+    from fedr import learning
+
+    agg = _ddp(1.0, 4, 0.5, population_size=4, target_delta=1e-5, dropout_rate=0.25, noise_seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        history = learning.fit(_small_process(agg), _small_clients(), 3)
+    report = privacy.report(history)
+    assert report["round"] == [1, 2, 3]
+    assert report["epsilon"] == [row["epsilon"] for row in history.rows]
+    assert report["epsilon"][2] == pytest.approx(agg.epsilon_after(3, dim=10), rel=1e-12)
+    assert report["clip"] == [0.5] * 3
+    assert report["noise_stddev"] == pytest.approx([0.5 * math.sqrt(4 / 3)] * 3)  # 4 shares sized for 3
+    assert report["participants"] == [4.0] * 3 and report["dropped"] == [0.0] * 3
+    assert report["noise_shares"] == [4.0] * 3 and report["provisioned"] == [3.0] * 3
+    assert report["weakened"] == [False] * 3
+    assert all(math.isnan(v) for v in report["unclipped_fraction"])
+    # A weakened round (rows as a Flower run gives them) is flagged; adaptive clipping's fraction is reported.
+    rows = [dict(history.rows[0]), {**history.rows[1], "ddp_noise_shares": 2.0, "inner_secure_dropped": 2.0}]
+    flagged = privacy.report(rows)
+    assert flagged["weakened"] == [False, True] and flagged["dropped"] == [0.0, 2.0]
+    assert privacy.report([{"round": 1, "clip": 0.1, "dp_unclipped_fraction": 0.4}])["unclipped_fraction"] == [0.4]
+
+
+def test_the_privacy_report_refuses_what_is_not_a_dp_history():
+    from fedr import learning
+    from fedr.errors import FedTypeError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = learning.fit(_small_process(None), _small_clients(), 1)
+    with pytest.raises(FedValueError, match=r"history: no round reports epsilon, clip or dp_noise_stddev"):
+        privacy.report(plain)
+    with pytest.raises(FedValueError, match=r"history: it has no rounds"):
+        privacy.report([])
+    with pytest.raises(FedTypeError, match=r"history: expected what fedr.learning.fit or fedr.flower.run returned"):
+        privacy.report({"round": 1})

@@ -286,3 +286,53 @@ fed_aggregator_secure_mean <- function(clip_range = 1, bits = 64L, threshold = N
   )
   new_fed_component(py, "fed_aggregator", "secure_mean")
 }
+
+#' Distributed differential privacy: the clients add the noise inside the secure sum
+#'
+#' With [fed_aggregator_dp_fixed()] over [fed_aggregator_secure_sum()] the
+#' server decodes the exact sum before it adds noise. Here each client
+#' clips its whole update to `clip`, rounds it to the secure sum's integers,
+#' adds its own share of integer noise (the Skellam mechanism, Agarwal,
+#' Kairouz and Liu 2021) drawn where it runs from the operating system, and
+#' only then masks it: the server only ever decodes a noised sum. The shares
+#' are sized so that the sum carries noise of standard deviation at least
+#' `noise_multiplier * clip` while no more than `dropout_rate` of the
+#' round's clients drop out; with more dropouts the round is refused before
+#' unmasking (`on_excess_dropout = "refuse"`) or released with its weaker
+#' epsilon and a warning (`"report"`). Epsilon is the Skellam mechanism's
+#' (the paper's bound, Poisson subsampling by Zhu and Wang 2019, converted
+#' by dp-accounting). Runs in-process, on Ray and on Flower nodes.
+#'
+#' @inheritParams fed_aggregator_dp_fixed
+#' @inheritParams fed_aggregator_secure_sum
+#' @param noise_multiplier The total noise's standard deviation over the clip (> 0).
+#' @param sampling `"all"` (every client every round, the default) or
+#'   `"poisson"`; fixed-size sampling is refused (no bound for it is used).
+#' @param dropout_rate The share of each round's clients that may drop out
+#'   with the planned guarantee intact, in `[0, 1)`.
+#' @param on_excess_dropout `"refuse"` or `"report"` (see above).
+#' @returns A `fed_aggregator`; each round's history row has `epsilon` (when
+#'   `population_size` and `target_delta` are given), `dp_noise_stddev`,
+#'   `ddp_noise_shares` and `ddp_provisioned`.
+#' @family privacy
+#' @export
+#' @examplesIf fedr_available()
+#' fed_aggregator_dp_distributed(1.0, clients_per_round = 10, clip = 0.5,
+#'                               population_size = 10, target_delta = 1e-5)
+fed_aggregator_dp_distributed <- function(noise_multiplier, clients_per_round, clip, population_size = NULL,
+                                          target_delta = NULL, max_epsilon = NULL, sampling = "all",
+                                          dropout_rate = 0.1, on_excess_dropout = "refuse", bits = 32L,
+                                          threshold = NULL, neighbors = NULL, noise_seed = NULL) {
+  args <- list(noise_multiplier, as_count(clients_per_round, "clients_per_round"), clip,
+    population_size = as_count(population_size, "population_size"),
+    target_delta = target_delta, max_epsilon = max_epsilon, sampling = check_string(sampling, "sampling"),
+    dropout_rate = dropout_rate, on_excess_dropout = check_string(on_excess_dropout, "on_excess_dropout"),
+    bits = as_count(bits, "bits"), threshold = as_count_or_fraction(threshold, "threshold"),
+    neighbors = as_count(neighbors, "neighbors"), noise_seed = as_seed(noise_seed, "noise_seed")
+  )
+  py <- dp_build("distributed_dp", args,
+    c("noise_multiplier", "clients_per_round", "clip", "population_size", "target_delta", "max_epsilon",
+      "sampling", "dropout_rate", "on_excess_dropout", "bits", "threshold", "neighbors", "noise_seed")
+  )
+  new_fed_component(py, "fed_aggregator", "dp_distributed")
+}

@@ -19,6 +19,7 @@ from fedr.privacy._dp import ClippedUpdate, ClipView, GaussianDP
 from fedr.privacy._ddp import DistributedDP, PrivacyWeakenedWarning, distributed_dp
 from fedr.privacy._dp_api import check_sampling, gaussian_adaptive, gaussian_fixed
 from fedr.privacy._noise import ReproducibleNoiseWarning
+from fedr.privacy._report import report
 from fedr.privacy._secagg import AdvertiseRequest, MaskedInput, SecureMean, SecureSum, SecureView, secure_mean, secure_sum
 from fedr.privacy._secagg_protocol import (
     AdvertiseKeys,
@@ -57,6 +58,7 @@ __all__ = [
     "gaussian_adaptive",
     "gaussian_fixed",
     "plan",
+    "report",
     "secure_mean",
     "secure_sum",
 ]
