@@ -29,7 +29,7 @@ from fedr import _tf_quiet  # noqa: E402
 if _tf_quiet.install():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from fedr import aggregators, datasets, errors, executors, gossip
+from fedr import aggregators, datasets, errors, executors
 from fedr.computations import (
     CLIENTS,
     SERVER,
