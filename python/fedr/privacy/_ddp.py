@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from fedr.aggregators import AggregateResult
-from fedr.errors import BudgetExhaustedError, FedValueError, FedWarning
+from fedr.errors import FedValueError, FedWarning
 from fedr.privacy._accounting import _number
 from fedr.privacy._ddp_accounting import ORDERS, epsilon_from_rdp, round_rdp
 from fedr.privacy._dp import GaussianDP, _Output
@@ -133,6 +133,15 @@ class DistributedDP(GaussianDP):
         rdp = self._round_rdp(self.provisioned, self._planned_scale(), dim)
         return epsilon_from_rdp(rounds * rdp, self.target_delta)
 
+    def _epsilons(self, own: dict[str, Any], cohort: int, round_num: int) -> tuple[float, float]:
+        """ε spent so far (the state's RDP), and after this round with its provisioned shares."""
+        assert self.target_delta is not None
+        dim = int(own["dim"]) or _DIM_BEFORE_FIRST_ROUND
+        spent = np.asarray(own["rdp"], np.float64)
+        scale = self.inner._noisy_scale(max(2, cohort), self.initial_clip, self.share_stddev)
+        after = spent + self._round_rdp(self.provisioned, scale, dim)
+        return epsilon_from_rdp(spent, self.target_delta), epsilon_from_rdp(after, self.target_delta)
+
     # -- state: clip, rounds, the RDP spent so far at fedr.privacy._ddp_accounting.ORDERS, the model's size
 
     def init(self) -> NamedArrays:
@@ -146,18 +155,7 @@ class DistributedDP(GaussianDP):
         own, inner_state = self._split(state)
         round_num = int(own["rounds"]) + 1
         self._check_cohort(list(client_ids), round_num)
-        if self.max_epsilon is not None:
-            dim = int(own["dim"]) or _DIM_BEFORE_FIRST_ROUND
-            spent = np.asarray(own["rdp"], np.float64)
-            scale = self.inner._noisy_scale(max(2, len(client_ids)), self.initial_clip, self.share_stddev)
-            after = epsilon_from_rdp(spent + self._round_rdp(self.provisioned, scale, dim), self.target_delta)
-            if after > self.max_epsilon:
-                raise BudgetExhaustedError(
-                    f"round {round_num}: it would spend epsilon = {after:.4f}, over max_epsilon = "
-                    f"{self.max_epsilon:g} (delta = {self.target_delta:g}); the round was refused before any "
-                    f"client trained and the state is unchanged ({round_num - 1} rounds spent epsilon = "
-                    f"{epsilon_from_rdp(spent, self.target_delta):.4f})"
-                )
+        self._check_budget(own, len(client_ids), round_num)
         words = None if self.noise_seed is None else (self.noise_seed, round_num)
         return self.inner.start_round(inner_state, client_ids, seed=seed, clip_range=self.initial_clip,
                                       noise_stddev=self.share_stddev, noise_words=words)
@@ -218,13 +216,9 @@ class DistributedDP(GaussianDP):
         return AggregateResult(new_state, update, metrics)
 
     def __repr__(self) -> str:
-        extra = "" if self.sampling == "all" else f", sampling='{self.sampling}'"
-        if self.max_epsilon is not None:
-            extra += f", max_epsilon={self.max_epsilon:g}"
+        extra = self._repr_options("all")
         if self.on_excess_dropout != "refuse":
             extra += f", on_excess_dropout='{self.on_excess_dropout}'"
-        if self.noise_seed is not None:
-            extra += f", noise_seed={self.noise_seed}"
         return (
             f"distributed_dp(noise_multiplier={self.noise_multiplier:g}, clients_per_round={self.clients_per_round}, "
             f"clip={self.initial_clip:g}, dropout_rate={self.dropout_rate:g}, bits={self.bits}{extra})"

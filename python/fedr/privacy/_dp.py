@@ -254,15 +254,7 @@ class GaussianDP(Aggregator):
         own, inner_state = self._split(state)
         round_num = int(own["rounds"]) + 1
         self._check_cohort(list(client_ids), round_num)
-        if self.max_epsilon is not None:
-            spent = self.epsilon_after(round_num)
-            if spent > self.max_epsilon:
-                raise BudgetExhaustedError(
-                    f"round {round_num}: it would spend epsilon = {spent:.4f}, over max_epsilon = "
-                    f"{self.max_epsilon:g} (delta = {self.target_delta:g}); the round was refused before "
-                    f"any client trained and the state is unchanged ({round_num - 1} rounds spent "
-                    f"epsilon = {self.epsilon_after(round_num - 1):.4f})"
-                )
+        self._check_budget(own, len(client_ids), round_num)
         from fedr.privacy._secagg import SecureSum
 
         if isinstance(self.inner, SecureSum):
@@ -270,6 +262,34 @@ class GaussianDP(Aggregator):
             # the secure sum's fixed-point range follows the (adaptive) clip.
             return self.inner.start_round(inner_state, client_ids, seed=seed, clip_range=float(own["clip"]))
         return self.inner.start_round(inner_state, client_ids, seed=seed)
+
+    def _epsilons(self, own: dict[str, Any], cohort: int, round_num: int) -> tuple[float, float]:
+        """ε spent by the rounds before ``round_num``, and after it if it runs (``own``: this aggregator's state)."""
+        return self.epsilon_after(round_num - 1), self.epsilon_after(round_num)
+
+    def _check_budget(self, own: dict[str, Any], cohort: int, round_num: int) -> None:
+        """Refuse, before anyone trains, the round that would spend more than ``max_epsilon``."""
+        if self.max_epsilon is None:
+            return
+        before, after = self._epsilons(own, cohort, round_num)
+        if after > self.max_epsilon:
+            raise BudgetExhaustedError(
+                f"round {round_num}: it would spend epsilon = {after:.4f}, over max_epsilon = "
+                f"{self.max_epsilon:g} (delta = {self.target_delta:g}); the round was refused before "
+                f"any client trained and the state is unchanged ({round_num - 1} rounds spent "
+                f"epsilon = {before:.4f})"
+            )
+
+    def _repr_options(self, default_sampling: str) -> str:
+        """The options that differ from their defaults, for ``repr`` (shared by the DP aggregators)."""
+        extra = "" if self.sampling == default_sampling else f", sampling='{self.sampling}'"
+        if self.max_epsilon is not None:
+            extra += f", max_epsilon={self.max_epsilon:g}"
+        if self.accountant != "rdp":
+            extra += f", accountant='{self.accountant}'"
+        if self.noise_seed is not None:
+            extra += f", noise_seed={self.noise_seed}"
+        return extra
 
     # -- the inner sum's message stages (secure aggregation) pass through
 
@@ -365,13 +385,7 @@ class GaussianDP(Aggregator):
     def __repr__(self) -> str:
         kind = "gaussian_adaptive" if self.adaptive else "gaussian_fixed"
         clip = "initial_clip" if self.adaptive else "clip"
-        extra = "" if self.sampling == "fixed" else f", sampling='{self.sampling}'"
-        if self.max_epsilon is not None:
-            extra += f", max_epsilon={self.max_epsilon:g}"
-        if self.accountant != "rdp":
-            extra += f", accountant='{self.accountant}'"
-        if self.noise_seed is not None:
-            extra += f", noise_seed={self.noise_seed}"
+        extra = self._repr_options("fixed")
         return (
             f"{kind}(noise_multiplier={self.noise_multiplier:g}, clients_per_round={self.clients_per_round}, "
             f"{clip}={self.initial_clip:g}{extra}, inner={self.inner!r})"
