@@ -48,7 +48,7 @@ def test_two_releases_from_the_same_state_and_cohort_differ_in_their_noise():
     assert float(np.std(diff)) == pytest.approx(np.sqrt(2) * z * clip, rel=0.03)
     # Adaptive clipping's count noise too (sigma_b = 2 over 4 clients). Every update fits the clip, so the
     # fraction is 1 + N(0, 2) / 4 clamped to [0, 1]: a draw is below 1 with probability 1/2, and 20 draws
-    # all at 1 have probability 1e-6 (5 draws, as before, 3%: this test failed once in 30 runs).
+    # all at 1 have probability 1e-6 (with 5 draws, 3%: it failed so once here).
     adaptive = privacy.gaussian_adaptive(1.0, 4, clipped_count_stddev=2.0)
     fractions = {_round_fraction(adaptive) for _ in range(20)}
     assert len(fractions) > 1
