@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 RLIB := $(ROOT)/.Rlib
 APT_PACKAGES := r-base-core r-base-dev r-cran-reticulate r-cran-testthat r-cran-roxygen2 r-cran-cli \
 	r-cran-withr r-cran-ggplot2 libpcre2-dev libblas-dev liblapack-dev dataset-fashion-mnist python3-venv build-essential \
-	r-cran-knitr r-cran-rmarkdown pandoc r-cran-pkgdown chromium
+	r-cran-knitr r-cran-rmarkdown pandoc r-cran-pkgdown chromium r-cran-igraph
 export RETICULATE_PYTHON := $(PY)
 export R_LIBS_USER := $(RLIB)
 export FEDR_PYTHON := $(PY)

@@ -119,7 +119,7 @@ def test_an_unknown_or_custom_aggregator_cannot_travel():
     with pytest.raises(FedValueError, match=r"^aggregator: unknown aggregator 'os.system'; expected one of fedr's "
                                             r"built-in aggregators \(mean, sum, median, trimmed_mean, krum, "
                                             r"geometric_median, bulyan, norm_bounded, zeroing, "
-                                            r"gaussian_fixed, gaussian_adaptive, secure_sum, secure_mean\)$"):
+                                            r"gaussian_fixed, gaussian_adaptive, distributed_dp, secure_sum, secure_mean\)$"):
         aggregator_from_data({"name": "os.system", "params": {}})
     with pytest.raises(FedValueError, match=r"^aggregator.inner: unknown aggregator 'builtins.eval'"):
         aggregator_from_data({"name": "gaussian_fixed", "params": {
