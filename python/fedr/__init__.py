@@ -83,6 +83,6 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # fedr.learning (and what uses it) imports TensorFlow (about 2 s): load on first use only.
-    if name in ("learning", "privacy", "attacks"):
+    if name in ("learning", "privacy", "attacks", "gossip"):
         return importlib.import_module(f"fedr.{name}")
     raise AttributeError(f"module 'fedr' has no attribute {name!r}")

@@ -32,8 +32,8 @@ def call_with_warnings(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tup
 
 
 
-def fit_with_warnings(*args: Any, **kwargs: Any) -> tuple[Any, Any, list[str]]:
-    """Run :func:`fedr.learning.fit` for R's ``fed_fit()``: return ``(history, error, warnings)``.
+def fit_with_warnings(*args: Any, loop: str = "learning", **kwargs: Any) -> tuple[Any, Any, list[str]]:
+    """Run :func:`fedr.learning.fit` (or, ``loop="gossip"``, :func:`fedr.gossip.fit`) for R: ``(history, error, warnings)``.
 
     A failed or interrupted fit (``FitError``, ``FitInterrupted``) is returned
     as ``error`` with its history, not raised, so that R reads the finished
@@ -41,8 +41,12 @@ def fit_with_warnings(*args: Any, **kwargs: Any) -> tuple[Any, Any, list[str]]:
     ``warnings`` are the fedr warnings' messages, for R to signal. Other
     errors (bad arguments) are raised.
     """
-    from fedr.learning import FitError, FitInterrupted, fit
+    from fedr.learning import FitError, FitInterrupted
 
+    if loop == "gossip":
+        from fedr.gossip import fit
+    else:
+        from fedr.learning import fit
     error: BaseException | None = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -470,8 +470,13 @@ history_events <- function(result) {
 
 # A failed round: the error again, carrying the finished rounds and their state.
 abort_with_history <- function(e, rows, state) {
-  history <- new_fed_history(rows, state)
-  n <- length(rows)
+  abort_keeping(e, new_fed_history(rows, state), state$round + 1L)
+}
+
+# The error `e` that ended round `failed`, carrying `history` (a data frame
+# with a `round` column: fed_history, fed_gossip_history) as `e$history`.
+abort_keeping <- function(e, history, failed) {
+  n <- nrow(history)
   kept <- if (n) {
     first <- history$round[[1]]
     last <- history$round[[n]]
@@ -485,7 +490,7 @@ abort_with_history <- function(e, rows, state) {
   cnd <- structure(
     class = classes,
     list(
-      message = paste0(sprintf("Round %d failed: ", state$round + 1L), conditionMessage(e), "\n", kept),
+      message = paste0(sprintf("Round %d failed: ", failed), conditionMessage(e), "\n", kept),
       call = NULL, arg = e$arg, python_type = e$python_type, history = history, parent = e
     )
   )
