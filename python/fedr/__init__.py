@@ -75,6 +75,7 @@ __all__ = [
     "federated_map",
     "federated_mean",
     "federated_sum",
+    "gossip",
     "learning",
     "privacy",
     "tf_computation",
