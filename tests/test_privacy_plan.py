@@ -207,3 +207,86 @@ def test_the_epsilon_curve_is_the_accountants_round_by_round():
         warnings.simplefilter("error")
         print(privacy.plan(population_size=POP, clients_per_round=N, rounds=ROUNDS, target_delta=DELTA,
                            noise_multiplier=Z))
+
+
+# ---------------------------------------------------------------- distributed DP (Skellam), by bisection
+
+
+def _ddp_epsilon(z, n, rounds, population=POP, sampling="poisson", dim=2**30, rate=0.1):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        agg = privacy.distributed_dp(z, n, 1.0, population_size=population, target_delta=DELTA, sampling=sampling,
+                                     dropout_rate=rate)
+    return agg.epsilon_after(rounds, dim=dim)
+
+
+def test_a_distributed_plan_inverts_its_epsilon_in_every_direction():
+    target = 1.15
+    plan = privacy.plan(population_size=POP, clients_per_round=N, rounds=ROUNDS, target_delta=DELTA,
+                        target_epsilon=target, mechanism="distributed")
+    assert (plan.mechanism, plan.solved, plan.dropout_rate, plan.dim) == ("distributed", "noise_multiplier", 0.1, 2**30)
+    z = plan.noise_multiplier
+    assert _ddp_epsilon(z, N, ROUNDS) == pytest.approx(plan.epsilon, rel=1e-12) and plan.epsilon <= target
+    assert _ddp_epsilon(z * (1 - 1e-6), N, ROUNDS) > target  # within 1e-6 of the exact multiplier
+    # The Skellam bound (integer orders, Zhu-Wang amplification) needs a little more noise than the Gaussian's.
+    gaussian = privacy.plan(population_size=POP, clients_per_round=N, rounds=ROUNDS, target_delta=DELTA,
+                            target_epsilon=target).noise_multiplier
+    assert gaussian < z < 1.1 * gaussian
+    rounds = privacy.plan(population_size=POP, clients_per_round=N, noise_multiplier=z, target_delta=DELTA,
+                          target_epsilon=target, mechanism="distributed").rounds
+    assert rounds == ROUNDS and _ddp_epsilon(z, N, ROUNDS + 1) > target
+    clients = privacy.plan(population_size=POP, rounds=ROUNDS, noise_multiplier=z, target_delta=DELTA,
+                           target_epsilon=target, mechanism="distributed").clients_per_round
+    assert clients == N and _ddp_epsilon(z, N + 1, ROUNDS) > target
+    eps = privacy.plan(population_size=POP, clients_per_round=N, rounds=ROUNDS, noise_multiplier=z,
+                       target_delta=DELTA, mechanism="distributed").target_epsilon
+    assert eps == pytest.approx(plan.epsilon, rel=1e-12)
+    curve = privacy.epsilon_curve([z], 3, population_size=POP, clients_per_round=N, target_delta=DELTA,
+                                  mechanism="distributed")
+    assert curve["epsilon"] == pytest.approx([_ddp_epsilon(z, N, r) for r in (1, 2, 3)], rel=1e-12)
+    assert "distributed DP (Skellam), shares for 0.1 dropout" in str(plan)
+
+
+def test_a_distributed_plans_aggregator_stops_at_its_budget():
+    from fedr.protocol.messages import run_locally
+
+    d, n = 40, 5
+    plan = privacy.plan(population_size=n, clients_per_round=n, rounds=4, noise_multiplier=2.0, target_delta=DELTA,
+                        sampling="all", mechanism="distributed", dropout_rate=0.2, dim=d)
+    assert plan.solved == "target_epsilon"
+    budget = privacy.plan(population_size=n, clients_per_round=n, noise_multiplier=2.0, target_delta=DELTA,
+                          target_epsilon=plan.target_epsilon, sampling="all", mechanism="distributed",
+                          dropout_rate=0.2, dim=d)
+    assert budget.rounds == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        agg = budget.aggregator(0.5, noise_seed=1)
+    assert isinstance(agg, privacy.DistributedDP) and agg.max_epsilon == budget.target_epsilon
+    assert agg.dropout_rate == 0.2 and agg.provisioned == 4
+    state, ids, spent = agg.init(), [f"c{i}" for i in range(n)], []
+    with pytest.raises(BudgetExhaustedError, match=r"^round 5: it would spend epsilon"):
+        for _ in range(6):
+            result, _, _ = run_locally(agg, state, ids, [np.zeros(d, np.float32)] * n)
+            state = result.state
+            spent.append(result.metrics["epsilon"])
+    assert len(spent) == 4 and spent[-1] == pytest.approx(plan.epsilon, rel=1e-12)
+    with pytest.raises(FedValueError, match=r"dropout_rate: is the plan's \(0.2\)"):
+        budget.aggregator(0.5, dropout_rate=0.1)
+    with pytest.raises(FedValueError, match=r"inner: not an option of a distributed plan's aggregator"):
+        budget.aggregator(0.5, inner=privacy.secure_sum())
+
+
+def test_what_distributed_dp_cannot_plan_is_refused_by_name():
+    common = dict(population_size=POP, clients_per_round=N, rounds=ROUNDS, target_delta=DELTA, mechanism="distributed")
+    with pytest.raises(FedValueError, match=r"^clipping: distributed DP clips every update at a fixed clip"):
+        privacy.plan(target_epsilon=2.0, clipping="adaptive", **common)
+    with pytest.raises(FedValueError, match=r"^accountant: distributed DP is accounted by RDP"):
+        privacy.plan(target_epsilon=2.0, accountant="pld", **common)
+    with pytest.raises(FedValueError, match=r"^sampling: distributed DP accounts sampling = 'poisson' or 'all'"):
+        privacy.plan(target_epsilon=2.0, sampling="fixed", **common)
+    with pytest.raises(FedValueError, match=r"^mechanism: expected 'gaussian' or 'distributed', got 'laplace'"):
+        privacy.plan(target_epsilon=2.0, **{**common, "mechanism": "laplace"})
+    with pytest.raises(FedValueError, match=r"^dropout_rate: is distributed DP's; give it with mechanism"):
+        privacy.plan(target_epsilon=2.0, dropout_rate=0.2, **{**common, "mechanism": "gaussian"})
+    with pytest.raises(FedValueError, match=r"^target_epsilon: even one round spends epsilon"):
+        privacy.plan(noise_multiplier=0.3, target_epsilon=0.01, **{k: v for k, v in common.items() if k != "rounds"})

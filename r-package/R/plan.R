@@ -41,13 +41,24 @@
 #' @param clipped_count_stddev For adaptive clipping: the noise on the count
 #'   of unclipped updates; `NULL` is `clients_per_round / 20`.
 #'   `noise_multiplier` must be below twice it.
+#' @param mechanism `"gaussian"` (central DP: [fed_aggregator_dp_fixed()],
+#'   [fed_aggregator_dp_adaptive()]) or `"distributed"` (distributed DP,
+#'   [fed_aggregator_dp_distributed()]: fixed clipping, the RDP accountant,
+#'   `"poisson"` or `"all"` sampling; solved by bisection on its epsilon, as
+#'   dp-accounting has no event for the Skellam mechanism).
+#' @param dropout_rate For `mechanism = "distributed"`: the dropouts the
+#'   noise shares are sized for; `NULL` is 0.1.
+#' @param dim For `mechanism = "distributed"`: the model's number of
+#'   weights (stochastic rounding's sensitivity grows with it); `NULL` is
+#'   2^30, which covers any model.
 #' @inheritParams fed_aggregator_dp_fixed
 #' @returns A `fed_privacy_plan`: a list of the plan's numbers,
 #'   `target_epsilon`, `epsilon` (what the plan's rounds spend, at most
 #'   `target_epsilon`), `target_delta`, `noise_multiplier`,
 #'   `update_noise_multiplier`, `clipped_count_stddev` (`NA` for fixed
 #'   clipping), `rounds`, `clients_per_round`, `population_size`, `sampling`,
-#'   `clipping`, `accountant` and `solved` (which of the four was solved),
+#'   `clipping`, `accountant`, `solved` (which of the four was solved),
+#'   `mechanism`, `dropout_rate` and `dim` (`NA` for the Gaussian mechanism),
 #'   and `py`, the Python `fedr.privacy.PrivacyPlan`. It has `format()`,
 #'   `print()`, `as.data.frame()` and `plot()` methods.
 #' @section Errors:
@@ -72,7 +83,8 @@
 #'                  noise_multiplier = 1.1, clients_per_round = 100)$rounds
 fed_privacy_plan <- function(population_size, target_delta, target_epsilon = NULL, noise_multiplier = NULL,
                              rounds = NULL, clients_per_round = NULL, sampling = "poisson", clipping = "fixed",
-                             clipped_count_stddev = NULL, accountant = "rdp") {
+                             clipped_count_stddev = NULL, accountant = "rdp", mechanism = "gaussian",
+                             dropout_rate = NULL, dim = NULL) {
   if (missing(population_size)) fedr_abort("`population_size` is missing.", "population_size")
   if (missing(target_delta)) fedr_abort("`target_delta` is missing.", "target_delta")
   # Which three are given is the core's rule (fedr.privacy.plan): its error names the one left out.
@@ -82,15 +94,17 @@ fed_privacy_plan <- function(population_size, target_delta, target_epsilon = NUL
   sampling <- check_string(sampling, "sampling")
   clipping <- check_string(clipping, "clipping")
   accountant <- check_string(accountant, "accountant")
+  mechanism <- check_string(mechanism, "mechanism")
   privacy <- fedr_module("fedr.privacy")
   py <- fedr_call(
     privacy$plan(
       population_size = population_size, target_delta = target_delta, target_epsilon = target_epsilon,
       noise_multiplier = noise_multiplier, rounds = rounds, clients_per_round = clients_per_round,
-      sampling = sampling, clipping = clipping, clipped_count_stddev = clipped_count_stddev, accountant = accountant
+      sampling = sampling, clipping = clipping, clipped_count_stddev = clipped_count_stddev, accountant = accountant,
+      mechanism = mechanism, dropout_rate = dropout_rate, dim = as_count(dim, "dim")
     ),
     arg = c("population_size", "target_delta", "target_epsilon", "noise_multiplier", "rounds", "clients_per_round",
-            "sampling", "clipping", "clipped_count_stddev", "accountant")
+            "sampling", "clipping", "clipped_count_stddev", "accountant", "mechanism", "dropout_rate", "dim")
   )
   new_privacy_plan(py)
 }
@@ -99,8 +113,8 @@ fed_privacy_plan <- function(population_size, target_delta, target_epsilon = NUL
 new_privacy_plan <- function(py) {
   fields <- reticulate::py_to_r(py$as_dict())
   fields <- lapply(fields, function(v) if (is.null(v)) NA_real_ else v)
-  counts <- intersect(c("rounds", "clients_per_round", "population_size"), names(fields))
-  fields[counts] <- lapply(fields[counts], as.integer)
+  counts <- intersect(c("rounds", "clients_per_round", "population_size", "dim"), names(fields))
+  fields[counts] <- lapply(fields[counts], function(v) if (is.na(v)) NA_integer_ else as.integer(v))
   structure(c(fields, list(py = py)), class = "fed_privacy_plan")
 }
 
@@ -134,6 +148,10 @@ format.fed_privacy_plan <- function(x, ...) {
     accountant = paste(f$accountant,
                        if (identical(f$accountant, "pld")) "(privacy loss distributions)" else "(Renyi DP)")
   )
+  if (identical(f$mechanism, "distributed")) {
+    rows <- c(rows, mechanism = sprintf("distributed (Skellam noise shares for %s dropout, model of %s weights)",
+                                        format(f$dropout_rate), format(f$dim, big.mark = ",")))
+  }
   c(sprintf("<fed_privacy_plan> %s solved", f$solved),
     sprintf("  %-*s  %s", max(nchar(names(rows))), names(rows), rows))
 }
@@ -227,9 +245,12 @@ plot.fed_privacy_plan <- function(x, noise_multipliers = NULL, max_rounds = NULL
 plan_curve <- function(f, zs, max_rounds, points) {
   privacy <- fedr_module("fedr.privacy")
   if (points >= max_rounds) {
+    distributed <- identical(f$mechanism, "distributed")
     out <- fedr_call(privacy$epsilon_curve(
       as.list(zs), max_rounds, population_size = f$population_size, clients_per_round = f$clients_per_round,
-      target_delta = f$target_delta, sampling = f$sampling, accountant = f$accountant
+      target_delta = f$target_delta, sampling = f$sampling, accountant = f$accountant,
+      mechanism = f$mechanism %||% "gaussian", dropout_rate = if (distributed) f$dropout_rate else NULL,
+      dim = if (distributed) f$dim else NULL
     ), arg = c(noise_multipliers = "noise_multipliers", rounds = "max_rounds"))
     out <- reticulate::py_to_r(out)
     return(data.frame(noise_multiplier = as.double(unlist(out$noise_multiplier)),
@@ -252,7 +273,8 @@ plan_labels <- function(zs, z) {
 
 plan_title <- function(f) {
   sprintf("Privacy budget: %d of %d clients per round, delta = %s (%s)", f$clients_per_round, f$population_size,
-          format(f$target_delta), toupper(f$accountant))
+          format(f$target_delta),
+          if (identical(f$mechanism, "distributed")) "RDP, distributed DP" else toupper(f$accountant))
 }
 
 # The top of the epsilon axis: the curves, but no more than three times the
@@ -297,7 +319,9 @@ plan_ggplot <- function(f, curve, zs) {
 #'   (`initial_clip` of adaptive clipping).
 #' @param ... Further arguments of the aggregator, by name: `inner`,
 #'   `noise_seed`, and for adaptive clipping `target_quantile` and
-#'   `clip_learning_rate`. The plan's own numbers cannot be given here: plan
+#'   `clip_learning_rate`; for a distributed plan
+#'   ([fed_aggregator_dp_distributed()]) `bits`, `threshold`, `neighbors`,
+#'   `on_excess_dropout` and `noise_seed`. The plan's own numbers cannot be given here: plan
 #'   again to change them.
 #' @returns A `fed_aggregator`, as [fed_aggregator_dp_fixed()] returns.
 #' @family privacy
@@ -324,7 +348,11 @@ fed_aggregator_dp_plan <- function(plan, clip, ...) {
   }
   if ("inner" %in% names(options)) options$inner <- as_inner(options$inner)
   if ("noise_seed" %in% names(options)) options$noise_seed <- as_seed(options$noise_seed, "noise_seed")
+  for (name in intersect(c("bits", "neighbors"), names(options))) options[[name]] <- as_count(options[[name]], name)
+  if ("threshold" %in% names(options)) options$threshold <- as_count_or_fraction(options$threshold, "threshold")
   # The clip is `clip` (fixed) or `initial_clip` (adaptive) in Python: both name R's `clip`.
   py <- dp_build(plan$py$aggregator, c(list(clip), options), c(clip = "clip", initial_clip = "clip", names(options)))
-  new_fed_component(py, "fed_aggregator", if (identical(plan$clipping, "adaptive")) "dp_adaptive" else "dp_fixed")
+  kind <- if (identical(plan$mechanism, "distributed")) "dp_distributed" else
+    if (identical(plan$clipping, "adaptive")) "dp_adaptive" else "dp_fixed"
+  new_fed_component(py, "fed_aggregator", kind)
 }

@@ -125,13 +125,20 @@ class DistributedDP(GaussianDP):
     def _planned_scale(self) -> float:
         return self.inner._noisy_scale(self.clients_per_round, self.initial_clip, self.share_stddev)
 
+    def planned_round_rdp(self, dim: int = _DIM_BEFORE_FIRST_ROUND) -> np.ndarray:
+        """One planned round's RDP at :data:`~fedr.privacy._ddp_accounting.ORDERS` (the provisioned shares arriving)."""
+        return self._round_rdp(self.provisioned, self._planned_scale(), dim)
+
     def epsilon_after(self, rounds: int, dim: int = _DIM_BEFORE_FIRST_ROUND) -> float:
-        """ε after ``rounds`` planned rounds (every provisioned client's share arriving) for a model of ``dim`` weights."""
+        """ε after ``rounds`` planned rounds (every provisioned client's share arriving) for a model of ``dim`` weights.
+
+        ``dim`` enters through stochastic rounding's sensitivity (√dim integers
+        at the fixed point's scale); the default, 2^30, stands for any model.
+        """
         assert self.population_size is not None and self.target_delta is not None
         if rounds <= 0:
             return 0.0
-        rdp = self._round_rdp(self.provisioned, self._planned_scale(), dim)
-        return epsilon_from_rdp(rounds * rdp, self.target_delta)
+        return epsilon_from_rdp(rounds * self.planned_round_rdp(dim), self.target_delta)
 
     def _epsilons(self, own: dict[str, Any], cohort: int, round_num: int) -> tuple[float, float]:
         """ε spent so far (the state's RDP), and after this round with its provisioned shares."""

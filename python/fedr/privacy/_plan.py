@@ -12,10 +12,18 @@ there), so a plan's z accounts both, and the plan reports the update noise
 multiplier (z⁻² − (2σ_b)⁻²)^(−1/2) that results. A process built from a plan
 (:meth:`PrivacyPlan.aggregator`) refuses the round that would go over the
 planned ε (``max_epsilon``), and :func:`fedr.learning.fit` ends there.
+
+``mechanism="distributed"`` plans distributed DP over secure aggregation
+(:func:`fedr.privacy.distributed_dp`, the Skellam mechanism): dp-accounting
+has no event for it, so the fourth number is found by bisection on
+:meth:`fedr.privacy.DistributedDP.epsilon_after` (the papers' bounds, see
+:mod:`fedr.privacy._ddp_accounting`), to the same guarantees: a noise
+multiplier within 1e-6 above the exact one, the largest rounds or clients.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,6 +36,7 @@ from fedr.privacy._accounting import (
 __all__ = ["PrivacyPlan", "epsilon_curve", "plan"]
 
 CLIPPINGS = ("fixed", "adaptive")
+MECHANISMS = ("gaussian", "distributed")
 _SOLVABLE = ("target_epsilon", "noise_multiplier", "rounds", "clients_per_round")
 
 
@@ -49,6 +58,10 @@ class PrivacyPlan:
         accountant: ``"rdp"`` or ``"pld"``.
         solved: Which of ``target_epsilon``, ``noise_multiplier``, ``rounds``,
             ``clients_per_round`` the plan computed.
+        mechanism: ``"gaussian"`` (central DP) or ``"distributed"``
+            (distributed DP's Skellam noise shares).
+        dropout_rate: Distributed DP: the dropouts its noise shares are sized for (None otherwise).
+        dim: Distributed DP: the model size its rounding bound was taken at (None otherwise).
     """
 
     target_epsilon: float
@@ -64,6 +77,9 @@ class PrivacyPlan:
     clipping: str
     accountant: str
     solved: str
+    mechanism: str = "gaussian"
+    dropout_rate: float | None = None
+    dim: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The plan as a plain dict (R converts it to a one-row data frame)."""
@@ -83,6 +99,8 @@ class PrivacyPlan:
         """
         from fedr.privacy._dp_api import gaussian_adaptive, gaussian_fixed
 
+        if self.mechanism == "distributed":
+            return self._distributed(clip, options)
         common = dict(population_size=self.population_size, target_delta=self.target_delta,
                       max_epsilon=self.target_epsilon, sampling=self.sampling, accountant=self.accountant)
         owned = {**common, "noise_multiplier": self.noise_multiplier, "clients_per_round": self.clients_per_round,
@@ -103,8 +121,29 @@ class PrivacyPlan:
                                      clipped_count_stddev=self.clipped_count_stddev, **common, **options)
         return gaussian_fixed(self.noise_multiplier, self.clients_per_round, clip, **common, **options)
 
+    def _distributed(self, clip: float, options: dict[str, Any]) -> Any:
+        from fedr.privacy._ddp import distributed_dp
+
+        owned = {"noise_multiplier": self.noise_multiplier, "clients_per_round": self.clients_per_round,
+                 "population_size": self.population_size, "target_delta": self.target_delta,
+                 "max_epsilon": self.target_epsilon, "sampling": self.sampling, "dropout_rate": self.dropout_rate}
+        for name in owned:
+            if name in options:
+                raise FedValueError(f"{name}: is the plan's ({owned[name]!r}); plan again to change it")
+        allowed = {"bits", "threshold", "neighbors", "on_excess_dropout", "noise_seed"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise FedValueError(f"{unknown[0]}: not an option of a distributed plan's aggregator; options are "
+                                f"{', '.join(sorted(allowed))}")
+        return distributed_dp(self.noise_multiplier, self.clients_per_round, clip,
+                              population_size=self.population_size, target_delta=self.target_delta,
+                              max_epsilon=self.target_epsilon, sampling=self.sampling,
+                              dropout_rate=self.dropout_rate, **options)
+
     def __str__(self) -> str:
-        lines = [f"privacy plan ({self.solved} solved, {self.accountant.upper()} accountant)"]
+        kind = (f"distributed DP (Skellam), shares for {self.dropout_rate:g} dropout"
+                if self.mechanism == "distributed" else f"{self.accountant.upper()} accountant")
+        lines = [f"privacy plan ({self.solved} solved, {kind})"]
         lines.append(f"  epsilon         {self.epsilon:.4f} (target {self.target_epsilon:g}), delta {self.target_delta:g}")
         lines.append(f"  noise           z = {self.noise_multiplier:.4f}" + (
             f", updates {self.update_noise_multiplier:.4f}, count stddev {self.clipped_count_stddev:g}"
@@ -139,6 +178,9 @@ def plan(
     clipping: str = "fixed",
     clipped_count_stddev: float | None = None,
     accountant: str = "rdp",
+    mechanism: str = "gaussian",
+    dropout_rate: float | None = None,
+    dim: int | None = None,
 ) -> PrivacyPlan:
     """Plan a DP-FedAvg run: give three of (ε, noise multiplier, rounds, clients per round); the fourth is solved.
 
@@ -163,6 +205,15 @@ def plan(
         clipped_count_stddev: σ_b of adaptive clipping (default
             ``clients_per_round / 20``, as :func:`~fedr.privacy.gaussian_adaptive`).
         accountant: ``"rdp"`` or ``"pld"`` (tighter; not for ``"fixed"``).
+        mechanism: ``"gaussian"`` (default: central DP, the aggregators
+            :func:`~fedr.privacy.gaussian_fixed` and
+            :func:`~fedr.privacy.gaussian_adaptive`) or ``"distributed"``
+            (:func:`~fedr.privacy.distributed_dp`: fixed clipping, RDP,
+            ``"poisson"`` or ``"all"`` sampling).
+        dropout_rate: Distributed DP: the dropouts the noise shares are
+            sized for (default 0.1, as :func:`~fedr.privacy.distributed_dp`).
+        dim: Distributed DP: the model's number of weights, for stochastic
+            rounding's sensitivity (default 2^30, which covers any model).
 
     Returns:
         A :class:`PrivacyPlan`.
@@ -202,6 +253,14 @@ def plan(
                                 "population_size and cannot be solved")
     if n is not None:
         check_population(sampling, n, population)
+    if mechanism not in MECHANISMS:
+        raise FedValueError(f"mechanism: expected 'gaussian' or 'distributed', got {mechanism!r}")
+    if mechanism == "distributed":
+        return _plan_distributed(solved, eps, z, steps, n, population, delta, sampling, clipping, accountant,
+                                 dropout_rate, dim)
+    for name, value in (("dropout_rate", dropout_rate), ("dim", dim)):
+        if value is not None:
+            raise FedValueError(f"{name}: is distributed DP's; give it with mechanism = 'distributed'")
 
     def spent(z_: float, n_: int, steps_: int) -> float:
         return epsilon(z_, n_, population, steps_, delta, sampling=sampling, accountant=accountant)
@@ -262,11 +321,95 @@ def plan(
                        population, sampling, clipping, accountant, solved)
 
 
+def _distributed_round(population: int, delta: float, sampling: str, clipping: str, accountant: str,
+                       dropout_rate: float | None, dim: int | None) -> tuple[Any, float, int]:
+    """Distributed DP's checks and its one-round RDP as a function of (z, clients per round); the rate and dim."""
+    from fedr.privacy._ddp import _DIM_BEFORE_FIRST_ROUND, DistributedDP
+
+    if clipping != "fixed":
+        raise FedValueError("clipping: distributed DP clips every update at a fixed clip; plan it with clipping = 'fixed'")
+    if accountant != "rdp":
+        raise FedValueError("accountant: distributed DP is accounted by RDP (the Skellam mechanism's bound); "
+                            "dp-accounting's PLD does not model it")
+    if sampling == "fixed":
+        raise FedValueError("sampling: distributed DP accounts sampling = 'poisson' or 'all', not fixed-size samples")
+    rate = 0.1 if dropout_rate is None else _number(dropout_rate, "dropout_rate", low=0, high=1, high_open=True)
+    size = _DIM_BEFORE_FIRST_ROUND if dim is None else _count(dim, "dim")
+
+    @functools.lru_cache(maxsize=1024)
+    def one_round(z: float, n: int) -> Any:
+        agg = DistributedDP(z, n, clip=1.0, population_size=population, target_delta=delta, sampling=sampling,
+                            dropout_rate=rate)  # epsilon does not depend on the clip: the fixed point scales with it
+        return agg.planned_round_rdp(size)
+
+    return one_round, rate, size
+
+
+def _largest(fits: Any, low: int, high: int | None = None) -> int:
+    """The largest integer k >= low with fits(k), fits monotone (true then false); fits(low) is true."""
+    if high is None:
+        high = max(2 * low, 2)
+        while fits(high):
+            low, high = high, 2 * high
+    elif fits(high):
+        return high
+    while high - low > 1:  # fits(low), not fits(high)
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
+def _plan_distributed(solved: str, eps: float | None, z: float | None, steps: int | None, n: int | None,
+                      population: int, delta: float, sampling: str, clipping: str, accountant: str,
+                      dropout_rate: float | None, dim: int | None) -> PrivacyPlan:
+    """:func:`plan` for distributed DP: bisection on its ε (no dp-accounting event models the Skellam mechanism)."""
+    from fedr.privacy._ddp_accounting import epsilon_from_rdp
+
+    one_round, rate, size = _distributed_round(population, delta, sampling, clipping, accountant, dropout_rate, dim)
+
+    def spent(z_: float, n_: int, steps_: int) -> float:
+        return epsilon_from_rdp(steps_ * one_round(float(z_), int(n_)), delta)
+
+    if solved == "target_epsilon":
+        eps = spent(z, n, steps)
+    elif solved == "noise_multiplier":
+        hi = 1.0
+        while spent(hi, n, steps) > eps:
+            hi *= 2
+            if hi > 2**30:
+                raise FedValueError(f"target_epsilon: no noise multiplier up to 2^30 spends at most {eps:g} "
+                                    f"in {steps} rounds at delta = {delta:g}")
+        lo = hi / 2
+        while spent(lo, n, steps) <= eps and lo > 1e-3:
+            hi, lo = lo, lo / 2
+        while hi - lo > 1e-7 * hi:  # spent(lo) > eps >= spent(hi)
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if spent(mid, n, steps) <= eps else (mid, hi)
+        z = hi
+    elif solved == "rounds":
+        if spent(z, n, 1) > eps:
+            raise FedValueError(f"target_epsilon: even one round spends epsilon = {spent(z, n, 1):.4f}, over "
+                                f"{eps:g}; raise noise_multiplier or target_epsilon, or lower clients_per_round")
+        steps = _largest(lambda k: spent(z, n, k) <= eps, 1)
+    else:
+        if spent(z, 1, steps) > eps:
+            raise FedValueError(f"target_epsilon: even 1 client per round spends epsilon = "
+                                f"{spent(z, 1, steps):.4f} in {steps} rounds, over {eps:g}")
+        n = _largest(lambda k: spent(z, k, steps) <= eps, 1, population)
+    assert z is not None and n is not None and steps is not None and eps is not None
+    used = spent(z, n, steps)
+    return PrivacyPlan(float(eps), float(used), delta, float(z), float(z), None, int(steps), int(n), population,
+                       sampling, "fixed", "rdp", solved, "distributed", rate, size)
+
+
 def epsilon_curve(noise_multipliers: Any, rounds: int, *, population_size: int, clients_per_round: int,
-                  target_delta: float, sampling: str = "poisson", accountant: str = "rdp") -> dict[str, list[Any]]:
+                  target_delta: float, sampling: str = "poisson", accountant: str = "rdp",
+                  mechanism: str = "gaussian", dropout_rate: float | None = None,
+                  dim: int | None = None) -> dict[str, list[Any]]:
     """ε after each of rounds 1..``rounds`` for each noise multiplier: columns ``noise_multiplier``, ``round``, ``epsilon``.
 
-    What R's ``plot()`` of a privacy plan draws (ε against rounds for a few multipliers).
+    What R's ``plot()`` of a privacy plan draws (ε against rounds for a few
+    multipliers); ``mechanism``, ``dropout_rate`` and ``dim`` as in :func:`plan`.
 
     Raises:
         FedValueError: an argument out of range, or no noise multiplier given.
@@ -276,6 +419,23 @@ def epsilon_curve(noise_multipliers: Any, rounds: int, *, population_size: int, 
         raise FedValueError("noise_multipliers: expected at least one noise multiplier")
     steps = _count(rounds, "rounds")
     out: dict[str, list[Any]] = {"noise_multiplier": [], "round": [], "epsilon": []}
+    if mechanism not in MECHANISMS:
+        raise FedValueError(f"mechanism: expected 'gaussian' or 'distributed', got {mechanism!r}")
+    if mechanism == "distributed":
+        from fedr.privacy._ddp_accounting import epsilon_from_rdp
+
+        population = _count(population_size, "population_size")
+        n = _count(clients_per_round, "clients_per_round")
+        check_population(check_sampling_name(sampling), n, population)
+        delta = _number(target_delta, "target_delta", low=0, high=1, low_open=True, high_open=True)
+        one_round, _, _ = _distributed_round(population, delta, sampling, "fixed", accountant, dropout_rate, dim)
+        for z in zs:
+            rdp = one_round(z, n)
+            for r in range(1, steps + 1):
+                out["noise_multiplier"].append(z)
+                out["round"].append(r)
+                out["epsilon"].append(epsilon_from_rdp(r * rdp, delta))
+        return out
     for z in zs:
         for r in range(1, steps + 1):
             out["noise_multiplier"].append(z)

@@ -65,3 +65,34 @@ test_that("central DP histories report too, and bad input names its argument", {
   e <- tryCatch(fed_aggregator_dp_distributed(1, 5, clip = 0.5, on_excess_dropout = "skip"), error = identity)
   expect_identical(e$arg, "on_excess_dropout")
 })
+
+test_that("fed_privacy_plan() plans distributed DP and its aggregator stops at the budget", {
+  skip_if_no_fedr()
+  plan <- fed_privacy_plan(population_size = 10000, target_delta = 1e-5, target_epsilon = 1.15, rounds = 200,
+                           clients_per_round = 100, mechanism = "distributed")
+  expect_identical(plan$mechanism, "distributed")
+  expect_identical(plan$solved, "noise_multiplier")
+  expect_identical(plan$dim, 2^30 |> as.integer())
+  expect_equal(plan$dropout_rate, 0.1)
+  expect_lte(plan$epsilon, 1.15)
+  gaussian <- fed_privacy_plan(population_size = 10000, target_delta = 1e-5, target_epsilon = 1.15, rounds = 200,
+                               clients_per_round = 100)
+  expect_gt(plan$noise_multiplier, gaussian$noise_multiplier)
+  expect_lt(plan$noise_multiplier, 1.1 * gaussian$noise_multiplier)
+  expect_true(is.na(gaussian$dim) && is.na(gaussian$dropout_rate) && identical(gaussian$mechanism, "gaussian"))
+  expect_match(paste(format(plan), collapse = "\n"), "mechanism +distributed \\(Skellam noise shares for 0.1 dropout")
+  expect_warning(agg <- fed_aggregator_dp_plan(plan, clip = 0.5, noise_seed = 1, bits = 64), "reproducible")
+  expect_identical(class(agg), class(fed_aggregator_dp_distributed(1, 10, clip = 0.5)))
+  expect_equal(reticulate::py_to_r(agg$py$max_epsilon), 1.15)
+  expect_identical(reticulate::py_to_r(agg$py$bits), 64L)
+  png(tmp <- tempfile(fileext = ".png"))
+  expect_invisible(plot(plan, max_rounds = 20))
+  dev.off()
+  e <- tryCatch(fed_privacy_plan(population_size = 100, target_delta = 1e-5, target_epsilon = 1, rounds = 10,
+                                 clients_per_round = 10, mechanism = "distributed", accountant = "pld"),
+                error = identity)
+  expect_identical(e$arg, "accountant")
+  e <- tryCatch(fed_privacy_plan(population_size = 100, target_delta = 1e-5, target_epsilon = 1, rounds = 10,
+                                 clients_per_round = 10, dropout_rate = 0.2), error = identity)
+  expect_identical(e$arg, "dropout_rate")
+})

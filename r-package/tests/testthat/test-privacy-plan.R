@@ -63,7 +63,9 @@ test_that("a plan prints, converts to one row and plots", {
   expect_identical(nrow(df), 1L)
   expect_identical(names(df), c("target_epsilon", "epsilon", "target_delta", "noise_multiplier",
                                 "update_noise_multiplier", "clipped_count_stddev", "rounds", "clients_per_round",
-                                "population_size", "sampling", "clipping", "accountant", "solved"))
+                                "population_size", "sampling", "clipping", "accountant", "solved", "mechanism",
+                                "dropout_rate", "dim"))
+  expect_identical(df$mechanism, "gaussian")
   expect_identical(df$solved, "noise_multiplier")
   expect_identical(df$rounds, 200L)
   text <- format(plan)
