@@ -64,6 +64,7 @@ def _aggregators():
         "gaussian_adaptive": privacy.gaussian_adaptive(0.5, 6, population_size=6, target_delta=1e-5,
                                                        sampling="all"),
         "dp_secure": privacy.gaussian_fixed(0.5, 6, 1.0, inner=privacy.secure_sum(), sampling="all"),
+        "distributed_dp": privacy.distributed_dp(0.5, 6, 1.0, population_size=6, target_delta=1e-5),
     }
 
 

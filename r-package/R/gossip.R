@@ -120,6 +120,8 @@ print.fed_gossip <- function(x, ...) {
 #'   and it rejoins the next round it takes part in (a `rejoined` event).
 #' @param evaluate_average After each round, evaluate the average model on
 #'   `data` (`average_` columns).
+#' @param verbose Print a line per round (and a progress bar in an
+#'   interactive console), as [fed_fit()] does.
 #' @returns `fed_gossip_fit()`: a `fed_gossip_history`, a data frame with one
 #'   row per round: the peers' training metrics (`loss`, accuracy; weighted
 #'   by example count, as [fed_fit()] reports FedAvg's clients),
@@ -133,7 +135,7 @@ print.fed_gossip <- function(x, ...) {
 #'   rejoins (`round`, `peer`, `event`, `message`).
 #' @export
 fed_gossip_fit <- function(process, data, rounds, state = NULL, validation_data = NULL, absent = NULL,
-                           evaluate_average = TRUE) {
+                           evaluate_average = TRUE, verbose = TRUE) {
   check_gossip(process)
   check_data(data)
   n <- process$graph$n_peers
@@ -147,12 +149,16 @@ fed_gossip_fit <- function(process, data, rounds, state = NULL, validation_data 
     fedr_abort(sprintf("`validation_data` must be NULL or a fed_data object, not %s.", describe(validation_data)), "validation_data")
   }
   evaluate_average <- check_flag(evaluate_average, "evaluate_average")
+  verbose <- check_flag(verbose, "verbose")
+  progress <- progress_callbacks(verbose, rounds, "Gossip learning")
+  on.exit(progress$done(), add = TRUE)
   start <- if (is.null(state)) NULL else as_gossip_state(state)$py
   out <- fedr_call(
     fedr_module("fedr._r")$fit_with_warnings(
       process$py, data$py, rounds, state = start,
       validation_data = if (is.null(validation_data)) NULL else validation_data$py,
-      absent = as_py_absent(absent, n), evaluate_average = evaluate_average, loop = "gossip"
+      absent = as_py_absent(absent, n), evaluate_average = evaluate_average, callbacks = progress$callbacks,
+      loop = "gossip"
     ),
     c(federated_data = "data", "rounds", "state", "validation_data", "absent")
   )

@@ -402,22 +402,9 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients
     seen$state <- new_fed_state(reticulate::r_to_py(state))
     NULL
   })))
-  if (verbose) {
-    callbacks <- c(callbacks, fit$ProgressLines(write = reticulate::py_func(function(line) {
-      cli::cli_verbatim(line)
-      NULL
-    })))
-  }
-  # The bar only where it redraws in place; logs get the per-round lines alone.
-  show_bar <- verbose && cli::is_dynamic_tty()
-  if (show_bar) {
-    bar <- cli::cli_progress_bar("Federated training", total = rounds, clear = TRUE)
-    callbacks <- c(callbacks, fit$LambdaCallback(on_round_end = reticulate::py_func(function(round_num, row, state) {
-      cli::cli_progress_update(id = bar)
-      NULL
-    })))
-    on.exit(cli::cli_progress_done(id = bar), add = TRUE)
-  }
+  progress <- progress_callbacks(verbose, rounds, "Federated training")
+  callbacks <- c(callbacks, progress$callbacks)
+  on.exit(progress$done(), add = TRUE)
   out <- tryCatch(
     fedr_call(fedr_module("fedr._r")$fit_with_warnings(
       process$py, data$py, rounds,
@@ -455,6 +442,31 @@ fed_fit <- function(process, data, rounds, state = NULL, verbose = TRUE, clients
   if (!is.null(best)) attr(history, "best_round") <- as.integer(best)
   attr(history, "events") <- history_events(result)
   history
+}
+
+# Progress of a fit loop (fed_fit(), fed_gossip_fit()): with `verbose`, a line
+# per round (the core's ProgressLines) and, where the console redraws in
+# place, a progress bar; `done()` closes the bar (call it on exit).
+progress_callbacks <- function(verbose, rounds, title) {
+  fit <- fedr_module("fedr.learning")
+  callbacks <- list()
+  done <- function() invisible(NULL)
+  if (verbose) {
+    callbacks <- c(callbacks, fit$ProgressLines(write = reticulate::py_func(function(line) {
+      cli::cli_verbatim(line)
+      NULL
+    })))
+  }
+  # The bar only where it redraws in place; logs get the per-round lines alone.
+  if (verbose && cli::is_dynamic_tty()) {
+    bar <- cli::cli_progress_bar(title, total = rounds, clear = TRUE, .envir = parent.frame())
+    callbacks <- c(callbacks, fit$LambdaCallback(on_round_end = reticulate::py_func(function(round_num, row, state) {
+      cli::cli_progress_update(id = bar)
+      NULL
+    })))
+    done <- function() cli::cli_progress_done(id = bar)
+  }
+  list(callbacks = callbacks, done = done)
 }
 
 # The run's events (rounds skipped, early stopping, the privacy budget exhausted) as a data frame.

@@ -68,6 +68,7 @@ def fit(
     validation_data: Any = None,
     absent: Mapping[int, Sequence[int]] | Callable[[int], Sequence[int]] | None = None,
     evaluate_average: bool = True,
+    callbacks: Sequence[Any] | None = None,
 ) -> GossipHistory:
     """Run ``rounds`` gossip rounds and return the history.
 
@@ -84,6 +85,10 @@ def fit(
             ``rejoined`` event).
         evaluate_average: Evaluate the average model on ``federated_data``
             after each round (``average_loss`` and ``average_<metric>``).
+        callbacks: As :func:`fedr.learning.fit`'s (e.g.
+            ``fedr.learning.ProgressLines()`` for a line per round):
+            ``on_round_end(round_num, row, state)`` after each round (``state``
+            the :class:`GossipState`), ``on_fit_end(history)`` at the end.
 
     Returns:
         A :class:`GossipHistory`.
@@ -102,6 +107,7 @@ def fit(
         raise FedTypeError(f"absent: expected a mapping round -> peers or a function of the round, got "
                            f"{type(absent).__name__}")
     clients = process.check_data(federated_data)
+    callbacks = list(callbacks or ())
     if isinstance(absent, Mapping):
         bad = [k for k in absent if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1]
         if bad:
@@ -145,5 +151,12 @@ def fit(
         row["seconds"] = time.perf_counter() - started
         rows.append(row)
         peers += out.peers
-    return GossipHistory(tuple(rows), tuple(peers), tuple(events), state, process.graph, process.weights,
-                         process.mode, tuple(process.metric_names))
+        for callback in callbacks:
+            if hasattr(callback, "on_round_end"):
+                callback.on_round_end(round_num, row, state)
+    history = GossipHistory(tuple(rows), tuple(peers), tuple(events), state, process.graph, process.weights,
+                            process.mode, tuple(process.metric_names))
+    for callback in callbacks:
+        if hasattr(callback, "on_fit_end"):
+            callback.on_fit_end(history)
+    return history

@@ -20,7 +20,7 @@ from typing import Any
 from fedr.errors import BudgetExhaustedError, FedError, FedTypeError, FedValueError, FedWarning
 from fedr.learning._checkpoint import load_checkpoint, save_checkpoint
 from fedr.learning.state import ServerState
-from fedr.protocol import COUNT_COLUMNS
+from fedr.protocol import COUNT_COLUMNS, GOSSIP_COUNT_COLUMNS
 
 __all__ = [
     "Callback",
@@ -36,7 +36,8 @@ __all__ = [
 ]
 
 # Counts, not metrics: not on the round's line (the evaluation's counts too).
-_NOT_SHOWN = frozenset(COUNT_COLUMNS) | {f"eval_{n}" for n in COUNT_COLUMNS if n != "round_failed"} | {"dp_noise_stddev"}
+_NOT_SHOWN = (frozenset(COUNT_COLUMNS) | {f"eval_{n}" for n in COUNT_COLUMNS if n != "round_failed"}
+              | {"dp_noise_stddev", "ddp_noise_shares", "ddp_provisioned"} | frozenset(GOSSIP_COUNT_COLUMNS))
 # Evaluation counts say nothing the training columns do not: left out of val_ columns.
 _VAL_LEFT_OUT = ("num_examples", "num_clients")
 # Early stopping: these rise, every other metric (losses, errors) falls.

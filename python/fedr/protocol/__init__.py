@@ -7,6 +7,7 @@ round becomes one protocol for every transport.)
 from fedr.protocol.messages import ClientFailure, ClientOutput, carry_stage, describe_error, run_locally
 from fedr.protocol.names import (
     COUNT_COLUMNS,
+    GOSSIP_COUNT_COLUMNS,
     RESERVED_METRICS,
     RESERVED_PREFIXES,
     check_metric_names,
@@ -15,6 +16,7 @@ from fedr.protocol.names import (
 
 __all__ = [
     "COUNT_COLUMNS",
+    "GOSSIP_COUNT_COLUMNS",
     "RESERVED_METRICS",
     "RESERVED_PREFIXES",
     "ClientFailure",

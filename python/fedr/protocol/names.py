@@ -14,11 +14,16 @@ from collections.abc import Iterable
 
 from fedr.errors import FedValueError
 
-__all__ = ["COUNT_COLUMNS", "RESERVED_METRICS", "RESERVED_PREFIXES", "check_metric_names", "is_reserved"]
+__all__ = ["COUNT_COLUMNS", "GOSSIP_COUNT_COLUMNS", "RESERVED_METRICS", "RESERVED_PREFIXES", "check_metric_names", "is_reserved"]
 
 # Counts of a round (integers in R's history, shown after the metrics).
 COUNT_COLUMNS: tuple[str, ...] = (
     "num_examples", "num_clients", "num_clients_dropped", "num_clients_failed", "round_failed",
+)
+
+# Counts of a gossip round (fedr.gossip): in its history, not on its progress line.
+GOSSIP_COUNT_COLUMNS: tuple[str, ...] = (
+    "num_peers", "num_peers_failed", "num_peers_absent", "ticks", "ticks_skipped", "bytes_sent", "bytes_sent_total",
 )
 
 RESERVED_METRICS: frozenset[str] = frozenset({
@@ -30,7 +35,7 @@ RESERVED_METRICS: frozenset[str] = frozenset({
     "clip", "epsilon", "dp_noise_stddev", "dp_unclipped_fraction",
     "secure_clients", "secure_dropped", "secure_threshold", "secure_num_examples",
     "trimmed_per_side", "krum_selected", "bulyan_selected", "geometric_median_iterations",
-    "num_clipped", "num_zeroed",
+    "num_clipped", "num_zeroed", "ddp_noise_shares", "ddp_provisioned",
 })
 
 # Prefixes of derived columns: validation (R fed_fit), federated evaluation,

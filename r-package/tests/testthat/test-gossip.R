@@ -219,3 +219,16 @@ test_that("an igraph graph is a fed_graph", {
   g <- fed_graph(igraph::make_ring(6))
   expect_identical(g$edges, fed_graph_ring(6)$edges)
 })
+
+test_that("fed_gossip_fit() prints a line per round unless verbose = FALSE", {
+  skip_if_no_fedr()
+  model <- fed_model(keras_model_fn())
+  peers <- fed_split(fashion(), n_clients = 300)[1:4]
+  process <- fed_gossip(model, fed_optimizer("sgd", 0.05), fed_graph_ring(4), seed = 1)
+  lines <- testthat::capture_messages(fed_gossip_fit(process, peers, rounds = 2, evaluate_average = FALSE))
+  expect_length(lines, 2L)
+  expect_match(lines[[1]], "^round   1  .*consensus_distance \\d\\.\\d{4}.*\\(\\d+\\.\\d{2} s\\)\n$")
+  expect_match(lines[[2]], "^round   2  ")
+  expect_identical(testthat::capture_messages(fed_gossip_fit(process, peers, rounds = 1, verbose = FALSE,
+                                                             evaluate_average = FALSE)), character())
+})
