@@ -208,6 +208,22 @@ def test_dropouts_above_the_provisioned_rate_are_refused_before_unmasking():
     assert spy == []  # never unmasked
 
 
+def test_a_smaller_cohort_gets_larger_shares_and_the_planned_noise():
+    # A Poisson cohort of 4 where 6 are expected: shares sized for ceil(4 x 0.9) = 4 survivors, not 6.
+    agg = _ddp(1.0, 6, 0.5, population_size=60, target_delta=1e-5, sampling="poisson", noise_seed=3)
+    ids = [f"c{i}" for i in range(4)]
+    noise = []
+    state = agg.init()
+    for r in range(10):
+        result, _, _ = run_locally(agg, state, ids, [np.zeros(2000, np.float32)] * 4, seed=np.random.SeedSequence([r]))
+        state = result.state
+        noise.append(result.update.astype(np.float64) * 6)  # the divisor stays clients_per_round
+    assert result.metrics["ddp_provisioned"] == 4 and result.metrics["ddp_noise_shares"] == 4
+    assert result.metrics["dp_noise_stddev"] == pytest.approx(0.5)
+    x = np.concatenate(noise)
+    assert abs(x.var() / 0.25 - 1) < 5 * math.sqrt(2 / x.size)
+
+
 def test_report_releases_an_excess_dropout_round_with_its_weaker_epsilon():
     n = 5
     agg = _ddp(1.0, n, 0.5, population_size=n, target_delta=1e-5, dropout_rate=0.2, on_excess_dropout="report",

@@ -16,10 +16,12 @@ exactly Skellam), each client
    the sum of noised vectors: Σ (q_i + n_i), whose noise is Sk(mλ, mλ) over
    the m clients whose vectors arrived.
 
-The shares are sized for dropouts: σ_share² = (zC)² / m₀ with
-m₀ = ceil(clients_per_round × (1 − dropout_rate)) the survivors provisioned,
-so as long as at least m₀ vectors arrive the sum carries at least the planned
-variance (zC)² (what ε accounts; more survivors only add noise). With fewer,
+The shares are sized for dropouts, round by round: for a round of n clients,
+σ_share² = (zC)² / m₀ with m₀ = ceil(n × (1 − dropout_rate)) the survivors
+provisioned (public, in each client's view), so as long as at least m₀
+vectors arrive the sum carries at least the planned variance (zC)² (what ε
+accounts; more survivors only add noise), whatever the size of a Poisson
+cohort. With fewer,
 ``on_excess_dropout`` decides: ``"refuse"`` (default) stops the round *before
 the unmask stage*, so the under-noised sum is never decoded; ``"report"``
 decodes it and accounts the weaker guarantee (variance m (σ_share)²) in that
@@ -101,10 +103,18 @@ class DistributedDP(GaussianDP):
         if not isinstance(on_excess_dropout, str) or on_excess_dropout not in ON_EXCESS_DROPOUT:
             raise FedValueError(f"on_excess_dropout: expected 'refuse' or 'report', got {on_excess_dropout!r}")
         self.on_excess_dropout = on_excess_dropout
-        self.provisioned = max(1, math.ceil(self.clients_per_round * (1 - self.dropout_rate) - 1e-9))
-        #: Each client's noise share's standard deviation, in the update's units.
-        self.share_stddev = self.noise_multiplier * self.initial_clip / math.sqrt(self.provisioned)
+        #: The noise shares provisioned for a round of ``clients_per_round`` clients, and each one's stddev.
+        self.provisioned = self.provisioned_for(self.clients_per_round)
+        self.share_stddev = self.share_stddev_for(self.clients_per_round)
         self.bits, self.threshold, self.neighbors = inner.bits, inner.threshold, inner.neighbors
+
+    def provisioned_for(self, cohort: int) -> int:
+        """The noise shares a round of ``cohort`` clients is sized for: ceil(cohort × (1 − dropout_rate))."""
+        return max(1, math.ceil(cohort * (1 - self.dropout_rate) - 1e-9))
+
+    def share_stddev_for(self, cohort: int) -> float:
+        """Each client's noise share's standard deviation (update units) in a round of ``cohort`` clients."""
+        return self.noise_multiplier * self.initial_clip / math.sqrt(self.provisioned_for(cohort))
 
     @property
     def clip(self) -> float:
@@ -117,9 +127,10 @@ class DistributedDP(GaussianDP):
             return self.clients_per_round / self.population_size
         return 1.0
 
-    def _round_rdp(self, survivors: int, scale: float, dim: int) -> np.ndarray:
-        """One round's RDP with ``survivors`` noise shares in the sum (counted up to the provisioned ones)."""
-        variance = min(survivors, self.provisioned) * self.share_stddev**2
+    def _round_rdp(self, survivors: int, scale: float, dim: int, cohort: int | None = None) -> np.ndarray:
+        """One round's RDP with ``survivors`` noise shares of a ``cohort``'s round (counted up to the provisioned)."""
+        cohort = self.clients_per_round if cohort is None else cohort
+        variance = min(survivors, self.provisioned_for(cohort)) * self.share_stddev_for(cohort) ** 2
         return round_rdp(q=self._q, variance=variance, scale=scale, clip=self.initial_clip, dim=dim)
 
     def _planned_scale(self) -> float:
@@ -145,8 +156,9 @@ class DistributedDP(GaussianDP):
         assert self.target_delta is not None
         dim = int(own["dim"]) or _DIM_BEFORE_FIRST_ROUND
         spent = np.asarray(own["rdp"], np.float64)
-        scale = self.inner._noisy_scale(max(2, cohort), self.initial_clip, self.share_stddev)
-        after = spent + self._round_rdp(self.provisioned, scale, dim)
+        n = max(2, cohort)
+        scale = self.inner._noisy_scale(n, self.initial_clip, self.share_stddev_for(n))
+        after = spent + self._round_rdp(self.provisioned_for(n), scale, dim, n)
         return epsilon_from_rdp(spent, self.target_delta), epsilon_from_rdp(after, self.target_delta)
 
     # -- state: clip, rounds, the RDP spent so far at fedr.privacy._ddp_accounting.ORDERS, the model's size
@@ -165,16 +177,17 @@ class DistributedDP(GaussianDP):
         self._check_budget(own, len(client_ids), round_num)
         words = None if self.noise_seed is None else (self.noise_seed, round_num)
         return self.inner.start_round(inner_state, client_ids, seed=seed, clip_range=self.initial_clip,
-                                      noise_stddev=self.share_stddev, noise_words=words)
+                                      noise_stddev=self.share_stddev_for(len(client_ids)), noise_words=words)
 
     def stage_requests(self, stage: str, context: Any, outputs: Sequence[Any] | None = None) -> dict[int, Any]:
         if stage == "unmask" and outputs is not None and self.on_excess_dropout == "refuse":
             arrived = len(outputs)
-            if arrived < self.provisioned:
-                ctx = self.inner._context(context)
+            ctx = self.inner._context(context)
+            provisioned = self.provisioned_for(ctx.config.num_clients)
+            if arrived < provisioned:
                 raise FedValueError(
                     f"distributed DP: only {arrived} of the round's {ctx.config.num_clients} clients sent their "
-                    f"noised update, fewer than the {self.provisioned} the noise shares were sized for "
+                    f"noised update, fewer than the {provisioned} the noise shares were sized for "
                     f"(dropout_rate = {self.dropout_rate:g}); their sum would carry less noise than planned, so "
                     "the round was refused before unmasking and the state is unchanged (on_excess_dropout = "
                     "'report' releases it with its weaker epsilon instead)"
@@ -197,22 +210,24 @@ class DistributedDP(GaussianDP):
         inner = self.inner.aggregate(inner_state, sent, seed=seed, context=context)
         total = np.asarray(inner.update, np.float64)
         survivors = int(inner.metrics["secure_clients"])
-        shares = min(survivors, self.provisioned)
-        stddev = math.sqrt(survivors) * self.share_stddev
-        rdp = np.asarray(own["rdp"], np.float64) + self._round_rdp(survivors, ctx.scale, total.size)
+        cohort = ctx.config.num_clients
+        provisioned = self.provisioned_for(cohort)
+        shares = min(survivors, provisioned)
+        stddev = math.sqrt(survivors) * self.share_stddev_for(cohort)
+        rdp = np.asarray(own["rdp"], np.float64) + self._round_rdp(survivors, ctx.scale, total.size, cohort)
         metrics = {
             "clip": self.initial_clip,
             "dp_noise_stddev": stddev,
             "ddp_noise_shares": float(survivors),
-            "ddp_provisioned": float(self.provisioned),
+            "ddp_provisioned": float(provisioned),
         }
         if self.accountable:
             metrics["epsilon"] = epsilon_from_rdp(rdp, self.target_delta)
-        if shares < self.provisioned:
+        if shares < provisioned:
             what = f"epsilon = {metrics['epsilon']:.4f}" if "epsilon" in metrics else "a weaker guarantee"
             warnings.warn(
                 f"distributed DP, round {rounds}: {survivors} noise shares arrived, fewer than the "
-                f"{self.provisioned} provisioned, so the sum was released with noise stddev {stddev:.4g} instead "
+                f"{provisioned} provisioned, so the sum was released with noise stddev {stddev:.4g} instead "
                 f"of {self.noise_multiplier * self.initial_clip:.4g}; accounted: {what}",
                 PrivacyWeakenedWarning, stacklevel=3,
             )
@@ -268,9 +283,10 @@ def distributed_dp(
         max_epsilon: Refuse a round that would spend more, before any client trains.
         sampling: ``"all"`` (default: every client every round) or
             ``"poisson"``; ``"fixed"`` is refused (no bound for it is used).
-        dropout_rate: The share of the cohort that may drop out with the
-            planned guarantee intact, in [0, 1): the noise shares are sized
-            for ceil(clients_per_round × (1 − dropout_rate)) survivors.
+        dropout_rate: The share of a round's cohort that may drop out with
+            the planned guarantee intact, in [0, 1): the noise shares of a
+            round of n clients are sized for ceil(n × (1 − dropout_rate))
+            survivors (so a small Poisson cohort gets larger shares).
         on_excess_dropout: ``"refuse"`` (default: fewer survivors stop the
             round before unmasking, the state unchanged) or ``"report"``
             (release with the weaker ε in that round's ``epsilon``, and a
