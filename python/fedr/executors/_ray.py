@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -383,6 +384,35 @@ class RayExecutor(Executor):
             if late_owners:
                 self._replace_actors(ray_, job, late_owners)
             return results
+
+    def run_each(self, job: Any, models: Sequence[tuple[Any, np.ndarray]]) -> list[Any]:
+        """Train ``job``'s clients each from its own model (gossip peers): client i from ``models[i]``.
+
+        ``models[i]`` is ``(weights, flat)`` as a RoundJob's ``weights`` and
+        ``flat``; the clients go to the actors as in :meth:`run_round` (by
+        position), one remote call each, all in flight at once. Outputs (or
+        failures) in client order.
+        """
+        if len(models) != len(job.clients):
+            raise FedValueError(f"models: expected one (weights, flat) per client ({len(job.clients)}), "
+                                f"got {len(models)}")
+        with self._lock:
+            ray_ = self._ray()
+            self._ensure_actors(ray_, job, len(job.clients))
+            ids = [c.client_id for c in job.clients]
+            refs, owners, groups = [], [], []
+            for i, (weights, flat) in enumerate(models):
+                shared = ray_.put((weights, flat, job.aggregator, job.round_key, job.control))
+                owner = self._owner(i)
+                work = [([self._ref(ray_, job.clients[i])], job.seeds[i], self._delays.get(ids[i], 0.0), i,
+                         job.views[i], None)]
+                refs.append(self._actors[owner].train.remote(shared, work))
+                owners.append(owner)
+                groups.append([i])
+            answers, late = self._gather(ray_, refs, owners, groups, ids)
+            if late:
+                self._replace_actors(ray_, job, late)
+            return [answer[0] for answer in answers]
 
     def actor_pids(self) -> list[int]:
         """Process ids of the actors (for tests and monitoring)."""

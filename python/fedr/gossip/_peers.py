@@ -31,8 +31,9 @@ class Trainers:
     In this process: at most ``workers`` compiled replicas built from the
     user's ``model_fn`` on the calling thread (their graphs traced there too,
     so no user code, which from R is R code, runs on a worker thread), lent
-    to one peer at a time. On Ray: each peer is a one-client job of the Ray
-    executor's ``run_round``, whose actors run the same client task.
+    to one peer at a time. On Ray: the Ray executor's ``run_each`` (every
+    peer from its own model, all in flight at once on the actors, which run
+    the same client task).
     """
 
     def __init__(self, build: Callable[[], ClientUpdate], executor: Any, inner: Any, local_epochs: int) -> None:
@@ -72,12 +73,13 @@ class Trainers:
         """Each job ``(weights, flat, client, seed)``'s local step, in order; a failure is a ClientFailure."""
         if self.remote:
             assert self._job is not None
+            if not jobs:
+                return []
             spec, optimizer, epochs, task = self._job
-            return [
-                self.executor.run_round(RoundJob(spec, optimizer, epochs, w, flat, [client], [seed], self._aggregator,
-                                                 [None], {}, None, task))[0]
-                for w, flat, client, seed in jobs
-            ]
+            first_weights, first_flat = jobs[0][0], jobs[0][1]
+            job = RoundJob(spec, optimizer, epochs, first_weights, first_flat, [j[2] for j in jobs],
+                           [j[3] for j in jobs], self._aggregator, [None] * len(jobs), {}, None, task)
+            return self.executor.run_each(job, [(j[0], j[1]) for j in jobs])  # the peers in parallel on the actors
         self._prepare([job[2] for job in jobs])
 
         def one(job: tuple[ModelWeights, np.ndarray, ClientData, Any]) -> ClientOutput | ClientFailure:
