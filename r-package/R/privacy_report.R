@@ -92,7 +92,8 @@ plot.fed_privacy_report <- function(x, ...) {
   counts <- rbind(took_part = x$participants, dropped = x$dropped)
   counts[is.na(counts)] <- 0
   graphics::barplot(counts, names.arg = r, col = c("grey60", "firebrick"), xlab = "round", ylab = "clients",
-                    main = "clients", legend.text = c("took part", "dropped"),
-                    args.legend = list(bty = "n", cex = 0.8))
+                    main = "clients", ylim = c(0, 1.3 * max(1, colSums(counts))),
+                    legend.text = c("took part", "dropped"),
+                    args.legend = list(x = "top", horiz = TRUE, bty = "n", cex = 0.8))
   invisible(x)
 }
