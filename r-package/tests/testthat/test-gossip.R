@@ -69,16 +69,16 @@ test_that("bad graphs, matrices and data are fedr_error_input naming the argumen
 
   process <- fed_gossip(model, fed_optimizer("sgd", 0.1), fed_graph_ring(4), seed = 1)
   clients <- small_clients()
-  e <- expect_error(fed_gossip_fit(process, clients, rounds = 1), class = "fedr_error_input")
+  e <- expect_error(fed_gossip_fit(process, clients, rounds = 1, verbose = FALSE), class = "fedr_error_input")
   expect_identical(e$arg, "data")
   expect_identical(conditionMessage(e), "`data` has 3 clients but the graph has 4 peers: peer 4 has no data.")
   four <- fed_split(fashion(), n_clients = 300)[1:4]
-  expect_error(fed_gossip_fit(process, four, rounds = 1, absent = list("1" = 5)),
+  expect_error(fed_gossip_fit(process, four, rounds = 1, verbose = FALSE, absent = list("1" = 5)),
                "`absent` for round 1 must be peers between 1 and 4", fixed = TRUE)
-  expect_error(fed_gossip_fit(process, four, rounds = 1, absent = list("1" = 1:4)),
+  expect_error(fed_gossip_fit(process, four, rounds = 1, verbose = FALSE, absent = list("1" = 1:4)),
                "every peer failed or was absent", fixed = TRUE)
   # A round that fails keeps the ones before it: e$history holds rounds 1-2 and their state.
-  e <- expect_error(fed_gossip_fit(process, four, rounds = 4, absent = list("3" = 1:4), evaluate_average = FALSE),
+  e <- expect_error(fed_gossip_fit(process, four, rounds = 4, verbose = FALSE, absent = list("3" = 1:4), evaluate_average = FALSE),
                     "^Round 3 failed: .*every peer failed or was absent.*\nRounds 1-2 finished and are kept",
                     class = "fedr_error")
   expect_s3_class(e$history, "fed_gossip_history")
@@ -93,7 +93,7 @@ test_that("fed_gossip() gives the numbers of fedr.gossip in Python for the same 
   peers <- fed_split(fashion(), n_clients = 300)[1:4]
   process <- fed_gossip(fed_model(keras_model_fn()), fed_optimizer("sgd", 0.05), fed_graph_ring(4), seed = 7)
   expect_output(print(process), "^<fed_gossip> gossip learning on ring\\(4\\): 4 peers, synchronous \\(D-PSGD\\)")
-  history <- fed_gossip_fit(process, peers, rounds = 3, absent = list("2" = 3))
+  history <- fed_gossip_fit(process, peers, rounds = 3, verbose = FALSE, absent = list("2" = 3))
   expect_s3_class(history, c("fed_gossip_history", "data.frame"))
   expect_identical(history$round, 1:3)
   expect_identical(history$num_peers, c(4L, 3L, 4L))
@@ -149,7 +149,7 @@ test_that("fed_gossip() gives the numbers of fedr.gossip in Python for the same 
   expect_output(print(history), "events: round 2 peer 3 absent; round 3 peer 3 rejoined")
 
   # Continue from the history's state: round 4.
-  more <- fed_gossip_fit(process, peers, rounds = 1, state = history)
+  more <- fed_gossip_fit(process, peers, rounds = 1, verbose = FALSE, state = history)
   expect_identical(more$round, 4L)
 })
 
@@ -158,7 +158,7 @@ test_that("on the complete graph with uniform weights one gossip round is one Fe
   peers <- fed_split(fashion(), n_clients = 300)[1:4]  # 200 images each
   model <- fed_model(keras_model_fn())
   history <- fed_gossip_fit(fed_gossip(model, fed_optimizer("sgd", 0.1), fed_graph_complete(4), weights = "uniform",
-                                       seed = 3), peers, rounds = 1, evaluate_average = FALSE)
+                                       seed = 3), peers, rounds = 1, verbose = FALSE, evaluate_average = FALSE)
   fedavg <- fed_fit(fed_averaging(model, fed_optimizer("sgd", 0.1), seed = 3,
                                   aggregator = fed_aggregator_mean(weighted = FALSE)), peers, rounds = 1, verbose = FALSE)
   expect_lt(max(abs(unlist(fed_gossip_weights(history, peer = 2)) - unlist(fed_weights(fedavg)))), 1e-6)
@@ -174,15 +174,15 @@ test_that("asynchronous gossip runs pairwise ticks and reports the expected tick
   process <- fed_gossip(fed_model(keras_model_fn()), fed_optimizer("sgd", 0.05), fed_graph_ring(4), mode = "async",
                         ticks = 3, seed = 2)
   expect_output(print(process), "asynchronous pairwise, 3 ticks a round")
-  history <- fed_gossip_fit(process, peers, rounds = 2, evaluate_average = FALSE)
+  history <- fed_gossip_fit(process, peers, rounds = 2, verbose = FALSE, evaluate_average = FALSE)
   expect_identical(history$ticks, c(3L, 3L))
   # E[W] = I - L / 8 on a ring of 4: eigenvalues 1, 3/4, 3/4, 1/2.
   expect_equal(history$spectral_gap, c(0.25, 0.25), tolerance = 1e-12)
   expect_identical(history$bytes_sent, rep(2 * 3 * 31400 / 4, 2))
-  again <- fed_gossip_fit(process, peers, rounds = 2, evaluate_average = FALSE)
+  again <- fed_gossip_fit(process, peers, rounds = 2, verbose = FALSE, evaluate_average = FALSE)
   expect_identical(unlist(fed_gossip_weights(again)), unlist(fed_gossip_weights(history)))
   # Absences as a function of the round: a tick on a link of an absent peer does nothing.
-  away <- fed_gossip_fit(process, peers, rounds = 2, evaluate_average = FALSE, absent = function(round) if (round == 1) 2)
+  away <- fed_gossip_fit(process, peers, rounds = 2, verbose = FALSE, evaluate_average = FALSE, absent = function(round) if (round == 1) 2)
   expect_identical(away$num_peers_absent, c(1L, 0L))
   expect_identical(attr(away, "events")$event[[1]], "absent")
   expect_identical(attr(away, "events")$peer[[1]], 2L)
@@ -196,7 +196,7 @@ test_that("plot() draws the graph and the history, FedAvg on the same axes", {
   skip_if_no_fedr()
   peers <- fed_split(fashion(), n_clients = 300)[1:4]
   model <- fed_model(keras_model_fn())
-  history <- fed_gossip_fit(fed_gossip(model, fed_optimizer("sgd", 0.05), fed_graph_ring(4), seed = 1), peers, rounds = 2)
+  history <- fed_gossip_fit(fed_gossip(model, fed_optimizer("sgd", 0.05), fed_graph_ring(4), seed = 1), peers, rounds = 2, verbose = FALSE)
   fedavg <- fed_fit(fed_averaging(model, fed_optimizer("sgd", 0.05), seed = 1), peers, rounds = 2, verbose = FALSE)
   path <- tempfile(fileext = ".pdf")
   grDevices::pdf(path)
