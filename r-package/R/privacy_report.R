@@ -42,8 +42,8 @@ fed_privacy_report <- function(history) {
   report <- as.data.frame(cols, stringsAsFactors = FALSE)
   report$round <- as.integer(report$round)
   for (n in setdiff(names(report), c("round", "weakened"))) report[[n]] <- as.double(report[[n]])
-  report$weakened <- as.logical(report$weakened) & !is.na(report$provisioned)
-  is.na(report$weakened) <- is.na(report$provisioned)
+  report$weakened <- as.logical(report$weakened)
+  is.na(report$weakened) <- is.na(report$provisioned)  # not distributed DP: no shares to fall short
   structure(report, class = c("fed_privacy_report", "data.frame"))
 }
 

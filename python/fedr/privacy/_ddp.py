@@ -151,15 +151,19 @@ class DistributedDP(GaussianDP):
             return 0.0
         return epsilon_from_rdp(rounds * self.planned_round_rdp(dim), self.target_delta)
 
-    def _epsilons(self, own: dict[str, Any], cohort: int, round_num: int) -> tuple[float, float]:
-        """ε spent so far (the state's RDP), and after this round with its provisioned shares."""
+    def _epsilon_if_run(self, own: dict[str, Any], cohort: int, round_num: int) -> float:
+        """ε after this round (the state's RDP plus the round's with its provisioned shares)."""
         assert self.target_delta is not None
         dim = int(own["dim"]) or _DIM_BEFORE_FIRST_ROUND
-        spent = np.asarray(own["rdp"], np.float64)
         n = max(2, cohort)
         scale = self.inner._noisy_scale(n, self.initial_clip, self.share_stddev_for(n))
-        after = spent + self._round_rdp(self.provisioned_for(n), scale, dim, n)
-        return epsilon_from_rdp(spent, self.target_delta), epsilon_from_rdp(after, self.target_delta)
+        after = np.asarray(own["rdp"], np.float64) + self._round_rdp(self.provisioned_for(n), scale, dim, n)
+        return epsilon_from_rdp(after, self.target_delta)
+
+    def _epsilon_spent(self, own: dict[str, Any], round_num: int) -> float:
+        """ε spent so far: the state's RDP."""
+        assert self.target_delta is not None
+        return epsilon_from_rdp(np.asarray(own["rdp"], np.float64), self.target_delta)
 
     # -- state: clip, rounds, the RDP spent so far at fedr.privacy._ddp_accounting.ORDERS, the model's size
 

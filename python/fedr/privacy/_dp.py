@@ -263,16 +263,21 @@ class GaussianDP(Aggregator):
             return self.inner.start_round(inner_state, client_ids, seed=seed, clip_range=float(own["clip"]))
         return self.inner.start_round(inner_state, client_ids, seed=seed)
 
-    def _epsilons(self, own: dict[str, Any], cohort: int, round_num: int) -> tuple[float, float]:
-        """ε spent by the rounds before ``round_num``, and after it if it runs (``own``: this aggregator's state)."""
-        return self.epsilon_after(round_num - 1), self.epsilon_after(round_num)
+    def _epsilon_if_run(self, own: dict[str, Any], cohort: int, round_num: int) -> float:
+        """ε after round ``round_num`` of ``cohort`` clients, if it runs (``own``: this aggregator's state)."""
+        return self.epsilon_after(round_num)
+
+    def _epsilon_spent(self, own: dict[str, Any], round_num: int) -> float:
+        """ε spent by the rounds before ``round_num``."""
+        return self.epsilon_after(round_num - 1)
 
     def _check_budget(self, own: dict[str, Any], cohort: int, round_num: int) -> None:
         """Refuse, before anyone trains, the round that would spend more than ``max_epsilon``."""
         if self.max_epsilon is None:
             return
-        before, after = self._epsilons(own, cohort, round_num)
+        after = self._epsilon_if_run(own, cohort, round_num)
         if after > self.max_epsilon:
+            before = self._epsilon_spent(own, round_num)  # for the message only
             raise BudgetExhaustedError(
                 f"round {round_num}: it would spend epsilon = {after:.4f}, over max_epsilon = "
                 f"{self.max_epsilon:g} (delta = {self.target_delta:g}); the round was refused before "

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from fedr.errors import FedTypeError, FedValueError
+from fedr.privacy._noise import noise_generator
 from fedr.privacy._secagg_protocol import EncryptedShare, RoundConfig, SecAggServer, UnmaskResponse
 
 
@@ -85,8 +86,6 @@ class SecureView:
         the server included, can recompute it), or from ``noise_words`` and
         the client's index when the noise was asked to be reproducible (tests).
         """
-        from fedr.privacy._noise import noise_generator
-
         if self.noise_words is None:
             rng = noise_generator(None, 0)
         else:
